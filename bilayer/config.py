@@ -1,0 +1,224 @@
+"""Typed configuration: frozen dataclasses with the paper's values as defaults.
+
+YAML is only a serialization of these dataclasses. Loading rejects unknown keys (naming the key
+and the file) and wrong types, so a typo in a config never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from bilayer.errors import InputError
+
+T = TypeVar("T")
+
+
+class ConfigError(InputError):
+    """A config file or override that does not match its dataclass."""
+
+
+def _check_value(cls_name: str, key: str, tp: Any, value: Any) -> Any:
+    """Coerce/validate one field value against its annotation."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{cls_name}.{key}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where=f"{cls_name}.{key}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(cls_name, key, arg, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{cls_name}.{key}: bad value {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{cls_name}.{key}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{cls_name}.{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{cls_name}.{key}: expected {len(args)} items, got {len(value)}")
+            items = [_check_value(cls_name, key, a, v) for a, v in zip(args, value)]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_check_value(cls_name, key, item_tp, v) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{cls_name}.{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{cls_name}.{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{cls_name}.{key}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{cls_name}.{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
+    """Build dataclass `cls` from a plain dict, rejecting unknown keys and wrong types."""
+    where = where or cls.__name__
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check_value(where, k, hints[k], v) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict view of a (nested) config dataclass, tuples as lists (YAML/JSON friendly)."""
+
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(cfg)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load a YAML file into `cls`; every problem is reported with the file name."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a config dataclass."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"override {item!r}: unknown key {p!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(type(cfg), data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the five networks (paper Sec. 3.1, 3.5, App. A.2; Figs. 10-14).
+
+    Channel counts follow the rule of A.2: `*_channels` at the highest resolution, doubled at each
+    halving of resolution, capped at `*_max_channels`.
+    """
+
+    image_size: int = 256
+    num_keypoints: int = 68
+    generator_input_size: int = 4  # both generators start from a 4x4 tensor (Figs. 10-11)
+    embedding_size: int = 8  # spatial size of the embeddings (Fig. 12)
+    # Embedder (Fig. 12): encoder channels 64 -> 512.
+    emb_channels: int = 64
+    emb_max_channels: int = 512
+    # Texture generator G_tex (Fig. 10): 64 -> 512; its block outputs set the embedding channels.
+    tex_channels: int = 64
+    tex_max_channels: int = 512
+    # Inference generator G (Fig. 11): the medium model is half capacity of G_tex.
+    inf_channels: int = 32
+    inf_max_channels: int = 256
+    kp_hidden: int = 256  # all linear layers but the last are 256-d (A.2)
+    kp_layers: int = 4  # 136 -> 256 -> 256 -> 256 -> C*4*4
+    # Matrix-decomposition projections (A.2): embeddings resized to this size before flattening.
+    tex_projection_size: int = 32
+    inf_projection_size: int = 16
+    # Discriminator D (Fig. 13).
+    dis_channels: int = 64
+    dis_max_channels: int = 512
+    dis_output_size: int = 8
+    # Texture updater G_upd (Fig. 14): bottleneck 128 channels at 128x128, 8 residual blocks.
+    upd_channels: int = 64
+    upd_max_channels: int = 128
+    upd_num_blocks: int = 8
+    upd_steps: int = 4  # unrolling depth M (Sec. 3.5)
+    # Ablation switches (Table 1): the paper's baseline turns both off.
+    ada_spade: bool = True  # AdaSPADE in G_tex; when off: AdaBN + per-pixel biases
+    ada_skip: bool = True  # skip 1x1 convs predicted from the embeddings in both generators
+    spectral_norm: bool = True  # on every conv and linear layer (Sec. 3.5)
+    leaky_slope: float = 0.2
+    bn_eps: float = 1e-5
+    landmark_channels: int = 3  # the landmark ("stickman") image is RGB
+
+    def __post_init__(self) -> None:
+        n = self.image_size // self.generator_input_size
+        if self.image_size % self.generator_input_size or n & (n - 1):
+            raise ValueError(
+                f"image_size {self.image_size} must be a power-of-two multiple of "
+                f"generator_input_size {self.generator_input_size}"
+            )
+        if self.image_size // self.embedding_size < 2:
+            raise ValueError("embedding_size must be smaller than image_size")
+        if self.upd_steps < 0:
+            raise ValueError("upd_steps must be >= 0")
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of upsampling blocks in each generator (= number of embeddings K)."""
+        return (self.image_size // self.generator_input_size).bit_length() - 1
+
+
+#: The three model sizes of the paper (Sec. 4, Table 2) and its ablation baseline (Table 1).
+#: Only the inference generator changes with size: quarter / half / full capacity.
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"inf_channels": 16, "inf_max_channels": 128},
+    "medium": {},
+    "large": {"inf_channels": 64, "inf_max_channels": 512},
+    "baseline": {"ada_spade": False, "ada_skip": False},
+}
+
+#: Per-frame cost of the inference path reported by the paper (Table 2), in GMACs.
+PAPER_GMACS: dict[str, float] = {"small": 1.08, "medium": 4.32, "large": 17.3}
+
+
+def model_config(name: str = "medium", **overrides: Any) -> ModelConfig:
+    """A named preset (`small`, `medium`, `large`, `baseline`) with optional field overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model size {name!r} (choose from {', '.join(PRESETS)})")
+    return from_dict(ModelConfig, {**PRESETS[name], **overrides}, where=f"ModelConfig[{name}]")

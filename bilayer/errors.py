@@ -1,0 +1,8 @@
+"""Errors that reach users as one clear line (the CLI prints them and exits with code 2)."""
+
+
+class InputError(ValueError):
+    """Bad user input: a file that cannot be read, wrong shapes, an unknown config key...
+
+    The message must name the offending file or value and the problem, on one line.
+    """

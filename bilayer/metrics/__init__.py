@@ -1,0 +1,1 @@
+"""Evaluation metrics (paper Sec. 4): complexity, and later image/identity/pose metrics."""

@@ -1,0 +1,22 @@
+"""The five bi-layer networks (paper Sec. 3.1, App. A.2) and the model that composes them."""
+from bilayer.nets.discriminator import Discriminator, DiscriminatorOutput
+from bilayer.nets.embedder import Embedder
+from bilayer.nets.inference_generator import InferenceGenerator, InferenceOutput, identity_grid
+from bilayer.nets.model import AvatarState, BilayerModel, Rendered, warp_texture
+from bilayer.nets.texture_generator import TextureGenerator
+from bilayer.nets.updater import TextureUpdater
+
+__all__ = [
+    "AvatarState",
+    "BilayerModel",
+    "Discriminator",
+    "DiscriminatorOutput",
+    "Embedder",
+    "InferenceGenerator",
+    "InferenceOutput",
+    "Rendered",
+    "TextureGenerator",
+    "TextureUpdater",
+    "identity_grid",
+    "warp_texture",
+]

@@ -1,0 +1,58 @@
+"""Embedder E(x(s), y(s)) (Sec. 3.1; Fig. 12).
+
+Source image (background set to -1 by the source mask) concatenated with its landmark image ->
+conv -> downsampling residual blocks to 8x8 -> K same-resolution blocks whose outputs are the
+embeddings e_k(s). The channels narrow block by block to match the texture generator's blocks
+(512, 512, 512, 256, 128, 64 at 256 px), bottlenecking the embeddings (A.2). No normalization,
+so the embedder trains more slowly than the rest (A.2). Several source frames are averaged.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bilayer.config import ModelConfig
+from bilayer.nets.layers import ResBlock, channels_at, conv
+from bilayer.nets.texture_generator import texture_channels
+
+
+def encoder_channels(cfg: ModelConfig, base: int, cap: int, out_size: int) -> list[int]:
+    """Channels at H, H/2, ..., out_size for a downsampling encoder (A.2 rule)."""
+    sizes, s = [], cfg.image_size
+    while s >= out_size:
+        sizes.append(s)
+        s //= 2
+    return [channels_at(s, cfg.image_size, base, cap) for s in sizes]
+
+
+class Embedder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        sn, slope = cfg.spectral_norm, cfg.leaky_slope
+        enc = encoder_channels(cfg, cfg.emb_channels, cfg.emb_max_channels, cfg.embedding_size)
+        self.stem = conv(3 + cfg.landmark_channels, enc[0], 3, sn)
+        self.down = nn.Sequential(*[ResBlock(a, b, True, False, slope, sn) for a, b in zip(enc[:-1], enc[1:])])
+        outs = texture_channels(cfg)[1:]
+        self.blocks = nn.ModuleList(
+            ResBlock(a, b, False, False, slope, sn) for a, b in zip([enc[-1]] + outs[:-1], outs)
+        )
+
+    def forward(self, image: Tensor, landmarks: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+        """image, landmarks: (B, [N,] 3, H, W) in [-1, 1]; mask: (B, [N,] 1, H, W) in [0, 1].
+
+        Returns K embeddings (B, C_k, 8, 8), averaged over the N source frames when given.
+        """
+        multi = image.dim() == 5
+        if multi:
+            b, n = image.shape[:2]
+            image, landmarks = image.flatten(0, 1), landmarks.flatten(0, 1)
+            mask = mask.flatten(0, 1) if mask is not None else None
+        if mask is not None:
+            image = image * mask - (1 - mask)  # background -> minimum value
+        x = self.down(self.stem(torch.cat([image, landmarks], dim=1)))  # (B*N, 512, 8, 8)
+        embeddings = []
+        for block in self.blocks:
+            x = block(x)
+            embeddings.append(x.unflatten(0, (b, n)).mean(1) if multi else x)
+        return embeddings
+

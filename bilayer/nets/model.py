@@ -1,0 +1,86 @@
+"""The bi-layer model (Sec. 3.1, Fig. 2): the five networks and the two phases of their use.
+
+* `initialize` (once per avatar): E -> embeddings -> adaptive params of G and G_tex -> texture.
+* `render` (per frame): G(keypoints) -> LF + warp + mask; output = LF + texture warped (Eq. 1).
+* `enhance`: M learned-gradient-descent steps of G_upd on the texture (Sec. 3.3, Eq. 7).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bilayer.config import ModelConfig
+from bilayer.nets.discriminator import Discriminator
+from bilayer.nets.embedder import Embedder
+from bilayer.nets.inference_generator import InferenceGenerator
+from bilayer.nets.layers import Params
+from bilayer.nets.texture_generator import TextureGenerator
+from bilayer.nets.updater import TextureUpdater
+
+
+@dataclass
+class AvatarState:
+    """Everything identity-specific, computed once per avatar and reused for every frame."""
+
+    inference_params: list[Params]  # adaptive params of G, per block: name -> (B, rows, cols)
+    texture: Tensor  # (B, 3, H, W) high-frequency texture X_hat(s)
+
+
+@dataclass
+class Rendered:
+    image: Tensor  # (B, 3, H, W) x_hat(t) = LF + HF (Eq. 1)
+    lf: Tensor  # (B, 3, H, W) low-frequency layer
+    hf: Tensor  # (B, 3, H, W) warped texture
+    mask_logit: Tensor  # (B, 1, H, W)
+    grid: Tensor  # (B, H, W, 2) warp field omega(t)
+    warp_delta: Tensor  # (B, H, W, 2) omega(t) - identity (Eq. 9)
+
+    @property
+    def mask(self) -> Tensor:
+        return torch.sigmoid(self.mask_logit)
+
+
+def warp_texture(texture: Tensor, grid: Tensor) -> Tensor:
+    """HF layer: bilinear sampling of the texture at the warp field (texture B may be 1)."""
+    if texture.shape[0] != grid.shape[0]:
+        texture = texture.expand(grid.shape[0], -1, -1, -1)
+    return F.grid_sample(texture, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class BilayerModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedder = Embedder(cfg)
+        self.texture_generator = TextureGenerator(cfg)
+        self.inference_generator = InferenceGenerator(cfg)
+        self.updater = TextureUpdater(cfg)
+        self.discriminator = Discriminator(cfg)
+
+    def initialize(self, source_image: Tensor, source_landmarks: Tensor, source_mask: Tensor | None = None) -> AvatarState:
+        """source_image, source_landmarks: (B, [N,] 3, H, W); mask (B, [N,] 1, H, W) or None."""
+        embeddings = self.embedder(source_image, source_landmarks, source_mask)
+        return AvatarState(
+            inference_params=self.inference_generator.adaptive_params(embeddings),
+            texture=self.texture_generator(embeddings),
+        )
+
+    def render(self, keypoints: Tensor, state: AvatarState) -> Rendered:
+        """keypoints: (B, 68, 2) in [-1, 1] -> the synthesized frame and its layers."""
+        out = self.inference_generator(keypoints, state.inference_params)
+        hf = warp_texture(state.texture, out.grid)
+        return Rendered(out.lf + hf, out.lf, hf, out.mask_logit, out.grid, out.warp_delta)
+
+    def enhance(self, state: AvatarState, source_keypoints: Tensor, source_image: Tensor, steps: int | None = None) -> AvatarState:
+        """Refine the texture with G_upd, guided by L_upd = sum of squares on the SOURCE frame."""
+        with torch.no_grad():
+            src = self.inference_generator(source_keypoints, state.inference_params)
+        lf, grid = src.lf.detach(), src.grid.detach()
+
+        def guide_loss(texture: Tensor) -> Tensor:
+            return ((lf + warp_texture(texture, grid) - source_image) ** 2).sum()
+
+        return replace(state, texture=self.updater.refine(state.texture, guide_loss, steps))

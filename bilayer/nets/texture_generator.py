@@ -1,0 +1,59 @@
+"""Texture generator G_tex (Sec. 3.1, 3.5; Fig. 10).
+
+Decodes a learned 4x4 tensor through upsampling residual blocks whose BatchNorms are paired with
+AdaSPADE and whose skip 1x1 convs are adaptive; all adaptive parameters are predicted from the
+embeddings. Output: the high-frequency texture X_hat(s) (B, 3, H, W) in [-1, 1].
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bilayer.config import ModelConfig
+from bilayer.nets.layers import (
+    AdaptiveBatchNorm,
+    AdaptiveDecoder,
+    AdaSPADE,
+    AdaptiveModule,
+    Params,
+    channels_at,
+    conv,
+    make_skip_factory,
+)
+from bilayer.nets.projector import Projector
+
+
+def texture_channels(cfg: ModelConfig) -> list[int]:
+    """Channels at 4x4, 8x8, ..., HxW; block k's output channels = embedding k's channels."""
+    sizes = [cfg.generator_input_size * 2**i for i in range(cfg.num_blocks + 1)]
+    return [channels_at(s, cfg.image_size, cfg.tex_channels, cfg.tex_max_channels) for s in sizes]
+
+
+class TextureGenerator(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch = texture_channels(cfg)
+        s0 = cfg.generator_input_size
+
+        def make_norm(c: int, size: int) -> AdaptiveModule:
+            # Baseline (Table 1): adaptive BN + per-pixel biases instead of AdaSPADE.
+            return AdaSPADE(c, size, cfg.bn_eps) if cfg.ada_spade else AdaptiveBatchNorm(c, cfg.bn_eps)
+
+        self.input = nn.Parameter(torch.randn(1, ch[0], s0, s0))  # learned input tensor
+        self.decoder = AdaptiveDecoder(
+            ch, s0, make_norm, make_skip_factory(cfg.ada_skip, cfg.spectral_norm),
+            upsample_first=True, slope=cfg.leaky_slope, sn=cfg.spectral_norm, eps=cfg.bn_eps,
+            pixel_bias=not cfg.ada_spade,
+        )
+        self.head = conv(ch[-1], 3, 3, cfg.spectral_norm)
+        self.projector = Projector(self.decoder.block_specs(), ch[1:], cfg.tex_projection_size, cfg.spectral_norm)
+
+    def adaptive_params(self, embeddings: list[Tensor]) -> list[Params]:
+        return self.projector(embeddings)
+
+    def forward(self, embeddings: list[Tensor]) -> Tensor:
+        """embeddings: K x (B, C_k, 8, 8) -> texture (B, 3, H, W) in [-1, 1]."""
+        params = self.adaptive_params(embeddings)
+        b = embeddings[0].shape[0]
+        x = self.input.expand(b, -1, -1, -1)  # (B, C_0, 4, 4)
+        return torch.tanh(self.head(self.decoder.decode(x, params)))

@@ -1,0 +1,31 @@
+"""A tiny model config and dummy inputs shared by the network tests."""
+from __future__ import annotations
+
+import torch
+
+from bilayer.config import ModelConfig, model_config
+
+TINY = dict(
+    image_size=64,
+    emb_channels=8, emb_max_channels=32,
+    tex_channels=8, tex_max_channels=32,
+    inf_channels=4, inf_max_channels=16,
+    dis_channels=8, dis_max_channels=32,
+    upd_channels=8, upd_max_channels=16, upd_num_blocks=2,
+    kp_hidden=32, tex_projection_size=8, inf_projection_size=8,
+)
+
+
+def tiny_config(size: str = "medium", **overrides) -> ModelConfig:
+    return model_config(size, **{**TINY, **overrides})
+
+
+def dummy_batch(cfg: ModelConfig, b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.image_size
+    return {
+        "image": torch.rand(b, 3, s, s, generator=g) * 2 - 1,
+        "landmarks": torch.rand(b, 3, s, s, generator=g) * 2 - 1,
+        "mask": torch.rand(b, 1, s, s, generator=g),
+        "keypoints": torch.rand(b, cfg.num_keypoints, 2, generator=g) * 2 - 1,
+    }
