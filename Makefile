@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first: `torch==2.13.0` resolves to the local CPU wheel on our machines.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[all]'
+	$(PY) -m pip install -q --no-deps lpips==0.1.4
 	touch $(STAMP)
 
 test: setup

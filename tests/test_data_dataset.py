@@ -1,0 +1,96 @@
+"""PairDataset: tensors, pair sampling, identity split, flip augmentation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bilayer.data.dataset import DatasetConfig, PairDataset, identity_split
+from bilayer.data.landmarks import PART_INDEX
+from bilayer.data.store import ClipReader, ClipRecord, DatasetStore
+from bilayer.errors import InputError
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_items_are_tensors_of_the_documented_shapes(dataset_dir, size):
+    ds = PairDataset(dataset_dir, "all", DatasetConfig(image_size=size, seed=0))
+    assert len(ds) == 3 and ds.identities == {"alice", "bob"}
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
+    for role in ("source", "target"):
+        image, kp = batch[f"{role}_image"], batch[f"{role}_keypoints"]
+        lm, mask = batch[f"{role}_landmarks"], batch[f"{role}_mask"]
+        assert image.shape == lm.shape == (3, 3, size, size) and mask.shape == (3, 1, size, size)
+        assert kp.shape == (3, 68, 2)
+        assert all(t.dtype == torch.float32 for t in (image, kp, lm, mask))
+        assert -1 <= image.min() and image.max() <= 1 and 0 <= mask.min() and mask.max() <= 1
+        assert kp.abs().max() < 1 and lm.min() == -1 and lm.max() > 0.5
+        # the mask is foreground where the face is
+        x, y = ((kp[0, 30] + 1) / 2 * size).long()
+        assert mask[0, 0, y, x] > 0.9
+
+
+def test_pairs_respect_the_gap_and_come_from_one_clip(dataset_dir):
+    ds = PairDataset(dataset_dir, "all", DatasetConfig(image_size=64, min_gap=5, max_gap=5, seed=1))
+    assert len(ds) == 2  # the photo (one frame) cannot give a gap of 5
+    clip = next(i for i, c in enumerate(ds.clips) if c.num_frames == 50)
+    with ClipReader(dataset_dir / ds.clips[clip].file) as reader:
+        all_kp = torch.from_numpy(reader.array("keypoints"))  # (50, 68, 2)
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        item = ds[clip]
+        s = int((all_kp - item["source_keypoints"]).abs().amax((1, 2)).argmin())
+        t = int((all_kp - item["target_keypoints"]).abs().amax((1, 2)).argmin())
+        assert abs(s - t) == 5
+    # a seed makes items reproducible
+    a, b = ds[clip], ds[clip]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_identity_split_is_disjoint_and_stable(tmp_path):
+    store = DatasetStore(tmp_path)
+    store.prepare()
+    for i in range(300):
+        ident = f"id{i // 3:05d}"
+        store.add_clip(ClipRecord(f"c{i}", ident, f"/v/{ident}/{i}.mp4", 1, 1, f"shards/00/c{i}.zip", 10, 25.0, 640,
+                                  360, 120.0))
+    cfg = DatasetConfig(test_fraction=0.2)
+    train, test = PairDataset(tmp_path, "train", cfg), PairDataset(tmp_path, "test", cfg)
+    assert not train.identities & test.identities
+    assert not {c.clip_id for c in train.clips} & {c.clip_id for c in test.clips}
+    assert len(train) + len(test) == 300
+    assert 0.1 < len(test.identities) / 100 < 0.3
+    assert all(identity_split(i, 0.2) == "test" for i in test.identities)
+    with pytest.raises(InputError, match="no clips in split 'test'"):
+        PairDataset(tmp_path, "test", DatasetConfig(test_fraction=0.0))
+    with pytest.raises(InputError, match="not a dataset"):
+        PairDataset(tmp_path / "nothing")
+
+
+def test_flip_maps_left_eye_keypoints_onto_right_eye_positions(dataset_dir):
+    plain = PairDataset(dataset_dir, "train", DatasetConfig(image_size=128, test_fraction=0, flip_probability=0, seed=3))
+    flipped = PairDataset(dataset_dir, "train", DatasetConfig(image_size=128, test_fraction=0, flip_probability=1, seed=3))
+    for i in range(len(plain)):
+        a, b = plain[i], flipped[i]
+        for role in ("source", "target"):
+            kp_a, kp_b = a[f"{role}_keypoints"], b[f"{role}_keypoints"]
+            mirrored_right_eye = kp_a[PART_INDEX["right_eye"]] * torch.tensor([-1.0, 1.0])
+            # iBUG eye contours run in the same image direction, so mirroring reverses them:
+            # right eye (36..41) -> left eye (45, 44, 43, 42, 47, 46)
+            order = torch.tensor([3, 2, 1, 0, 5, 4])
+            torch.testing.assert_close(kp_b[PART_INDEX["left_eye"]], mirrored_right_eye[order])
+            torch.testing.assert_close(b[f"{role}_image"], a[f"{role}_image"].flip(-1))
+            torch.testing.assert_close(b[f"{role}_mask"], a[f"{role}_mask"].flip(-1))
+            # the subject's left eye is now on the image's right, drawn in the left eye's colour
+            assert kp_b[PART_INDEX["left_eye"], 0].mean() > 0
+            x, y = (((kp_b[42] + kp_b[43]) / 2 + 1) / 2 * 128 - 0.5).round().long()
+            window = b[f"{role}_landmarks"][:, y - 1 : y + 2, x - 1 : x + 2].reshape(3, -1)  # (3, 9)
+            assert ((window[2] > 0.3) & (window[0] < -0.5)).any()  # blue (0, 0, 255), not red
+
+
+def test_dataset_config_is_a_typed_config():
+    from bilayer.config import ConfigError, from_dict
+
+    assert from_dict(DatasetConfig, {"image_size": 64, "max_gap": 10}).max_gap == 10
+    with pytest.raises(ConfigError):
+        from_dict(DatasetConfig, {"min_gap": 5, "max_gap": 2})
+    with pytest.raises(ConfigError):
+        from_dict(DatasetConfig, {"image_sise": 64})

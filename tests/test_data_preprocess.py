@@ -1,0 +1,165 @@
+"""`bilayer preprocess` end to end on real media: layout, bad inputs, kill -9 + resume, workers."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from bilayer.cli.main import main
+from bilayer.data.samples import load_photo, speech_like_audio
+from bilayer.data.store import ClipReader, DatasetStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted((root / "shards").rglob("*.zip"))}
+
+
+def test_layout_of_a_preprocessed_dataset(dataset_dir, media_dir):
+    clips = {c.identity + "/" + Path(c.source).name: c for c in DatasetStore(dataset_dir).clips()}
+    assert set(clips) == {"alice/interview.mp4", "bob/talk.mkv", "bob/portrait.png"}
+    assert clips["alice/interview.mp4"].num_frames == 50 and clips["alice/interview.mp4"].fps == 25
+    assert clips["bob/portrait.png"].num_frames == 1
+    for clip in clips.values():
+        assert clip.file.startswith("shards/") and (dataset_dir / clip.file).exists()
+        with ClipReader(dataset_dir / clip.file) as reader:
+            t = clip.num_frames
+            kp_px, kp = reader.array("keypoints_px"), reader.array("keypoints")
+            assert kp_px.shape == kp.shape == (t, 68, 2) and kp.dtype == np.float32
+            np.testing.assert_allclose(kp, (kp_px + 0.5) / 256 * 2 - 1, atol=1e-6)
+            assert reader.array("crop_boxes").shape == (t, 3)
+            assert (reader.array("frame_index") == np.arange(t)).all()
+            image = cv2.imdecode(np.frombuffer(reader.jpeg(t - 1), np.uint8), cv2.IMREAD_COLOR)
+            mask = cv2.imdecode(np.frombuffer(reader.mask_png(t - 1), np.uint8), cv2.IMREAD_GRAYSCALE)
+            assert image.shape == (256, 256, 3) and mask.shape == (256, 256)
+    assert not list((dataset_dir / "tmp").iterdir())
+
+
+def make_bad_inputs(folder: Path, good_video: Path) -> dict[str, str]:
+    """One file per bad-input case -> the start of its expected reason."""
+    folder.mkdir()
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
+    data = good_video.read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])  # the index (moov) is at the end
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2 : len(data) // 2 + 20000] = np.random.default_rng(1).bytes(20000)
+    (folder / "corrupt_middle.mp4").write_bytes(bytes(corrupt))
+    cv2.imwrite(str(folder / "cat.jpg"), load_photo("chelsea")[..., ::-1])
+    small = cv2.resize(load_photo("grace_hopper"), None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(folder / "tiny_face.png"), small[..., ::-1])  # face ~44 px < 64
+    (folder / "notes.txt").write_text("not media")
+    (folder / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with av.open(str(folder / "speech.mp4"), "w") as out:  # audio only
+        stream = out.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(speech_like_audio(0.5)[None], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return {
+        "empty.mp4": "empty file (0 bytes)",
+        "garbage.mp4": "cannot open video (Invalid data",
+        "truncated.mp4": "cannot open video",
+        "corrupt_middle.mp4": "decode error at frame",
+        "cat.jpg": "no face found in 1 frame",
+        "tiny_face.png": "face too small",
+        "notes.txt": "unsupported file type '.txt'",
+        "photo.jpg": "cannot decode image",
+        "speech.mp4": "no video stream",
+    }
+
+
+def test_bad_inputs_are_skipped_with_reasons_and_keep_earlier_output(dataset_dir, sample_video, tmp_path, capsys):
+    out = tmp_path / "dataset"
+    shutil.copytree(dataset_dir, out)
+    manifest_before = (out / "manifest.jsonl").read_bytes()
+    files_before = tree_digest(out)
+    expected = make_bad_inputs(tmp_path / "bad", sample_video)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), load_photo("grace_hopper")[..., ::-1])
+    report = tmp_path / "report.json"
+
+    code = main(["preprocess", str(tmp_path / "bad"), str(tmp_path / "bad" / "notes.txt"), str(good),
+                 "--out", str(out), "--report-json", str(report), "--quiet"])
+    assert code == 3
+    result = json.loads(report.read_text())
+    assert result["clips_ok"] == 1 and result["frames"] == 1
+    reasons = {Path(s["path"]).name: s["reason"] for s in result["skipped"]}
+    assert set(reasons) == set(expected)
+    for name, start in expected.items():
+        assert reasons[name].startswith(start), (name, reasons[name])
+        assert "\n" not in reasons[name] and str(tmp_path) not in reasons[name]
+    printed = capsys.readouterr().out
+    assert "1 clips ok" in printed and f"{len(expected)} skipped" in printed
+    # earlier output intact: old manifest lines kept byte for byte, old clip files untouched
+    assert (out / "manifest.jsonl").read_bytes().startswith(manifest_before)
+    assert {k: v for k, v in tree_digest(out).items() if k in files_before} == files_before
+    skipped_lines = (out / "skipped.jsonl").read_text().splitlines()
+    assert len(skipped_lines) == len(expected)
+
+    # a re-run does no work again and reports the same skips
+    code = main(["preprocess", str(tmp_path / "bad"), str(tmp_path / "bad" / "notes.txt"), str(good),
+                 "--out", str(out), "--report-json", str(report), "--quiet"])
+    assert code == 3 and json.loads(report.read_text()) == result
+    assert len((out / "skipped.jsonl").read_text().splitlines()) == len(expected)
+
+
+@pytest.mark.parametrize("argv", [
+    ["preprocess", "/nonexistent/video.mp4", "--out", "OUT"],
+    ["preprocess", "INPUT"],  # no --out
+    ["preprocess", "INPUT", "--out", "OUT", "--set", "annotator.no_such_key=1"],
+    ["preprocess", "INPUT", "--out", "OUT", "--workers", "0"],
+])
+def test_usage_errors_exit_2(argv, media_dir, tmp_path):
+    argv = [a.replace("INPUT", str(media_dir / "bob" / "portrait.png")).replace("OUT", str(tmp_path / "o")) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    assert code == 2
+    assert not (tmp_path / "o" / "manifest.jsonl").exists()
+
+
+def test_kill_9_then_resume_gives_the_same_manifest(dataset_dir, media_dir, tmp_path):
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "bilayer", "preprocess", str(media_dir), "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while not (manifest.exists() and manifest.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, "preprocess ended before the kill"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = manifest.read_text().count("\n")
+    assert 1 <= done_before < 3, "the run was not interrupted"
+
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"3 clips ok ({3 - done_before} new, {done_before} done earlier)" in resumed.stdout
+    assert DatasetStore(out).clips() == DatasetStore(dataset_dir).clips()
+    assert tree_digest(out) == tree_digest(dataset_dir)
+    assert not list((out / "tmp").iterdir())
+
+
+def test_two_workers_fill_the_same_dataset(dataset_dir, media_dir, tmp_path):
+    from bilayer.data.preprocess import run_preprocess
+
+    summary = run_preprocess([media_dir], tmp_path / "parallel", workers=2, progress=False)
+    assert summary.clips_ok == 3 and summary.frames == 101 and not summary.skipped
+    assert DatasetStore(tmp_path / "parallel").clips() == DatasetStore(dataset_dir).clips()
+    assert tree_digest(tmp_path / "parallel") == tree_digest(dataset_dir)
