@@ -1,23 +1,61 @@
-"""Tensor-level avatar (Sec. 3.1, Fig. 2): initialization once, then per-frame rendering.
+"""Tensor-level avatar (Sec. 3.1, Fig. 2; App. A.3): initialization once, then per-frame rendering.
 
-`init` runs the embedder, predicts the adaptive parameters of both generators, synthesizes the
-texture and (when source keypoints are given) refines it with the updater's M steps; the results
-are cached in an `AvatarState`. `render` runs only the inference generator and one texture
-lookup: it never touches the embedder, the projectors or the texture generator.
+`init` runs everything identity-specific exactly once: the embedder, the adaptive parameters of
+both generators, the texture, the updater's M steps (when source keypoints are given), then folds
+the inference generator with this avatar's parameters into a static `FrameNet` (adaptive params
+merged into plain conv/BN, spectral norm removed, App. A.3) and prepares the chosen backend.
+`render` runs only that network and one texture lookup.
+
+`Avatar.from_image(photo, checkpoint)` adds the file side: face detection, crop, keypoints,
+landmark image and mask with the preprocessing's detector.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from bilayer.errors import InputError
 from bilayer.nets import AvatarState, BilayerModel
+from bilayer.runtime.backends import Runner, make_runner
+from bilayer.runtime.fold import FrameNet, fold_generator
+from bilayer.runtime.motion import motion_samples
+
+if TYPE_CHECKING:
+    from bilayer.runtime.faces import SourceFace
 
 
 class Avatar:
-    def __init__(self, model: BilayerModel):
-        self.model = model.eval()
+    """Takes the model over: eval mode (running/standing BN statistics) and channels-last weights
+    (oneDNN's faster layouts for the one-time init networks)."""
+
+    def __init__(self, model: BilayerModel, backend: str = "torch", precision: str = "fp32"):
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.backend, self.precision = backend, precision
         self.state: AvatarState | None = None
+        self.frame_net: FrameNet | None = None  # the folded per-frame network (float32)
+        self.source_keypoints: Tensor | None = None  # (1, 68, 2)
+        self.source_render: tuple[Tensor, Tensor] | None = None  # init-time (image, mask) at the source pose
+        self.source_face: SourceFace | None = None  # the photo's crop, set by from_image
+        self._runner: Runner | None = None
+
+    @classmethod
+    def from_image(cls, photo: str | Path | np.ndarray, checkpoint: str | Path, backend: str = "torch",
+                   precision: str = "fp32") -> "Avatar":
+        """An avatar from ONE photo (path or (H, W, 3) uint8 RGB) and a checkpoint."""
+        from bilayer.checkpoint import load_model
+        from bilayer.runtime.faces import crop_source
+
+        model, _ = load_model(checkpoint)
+        face = crop_source(photo, model.cfg.image_size)
+        avatar = cls(model, backend, precision)
+        x = face.tensors()
+        avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
+        avatar.source_face = face
+        return avatar
 
     @torch.no_grad()
     def init(
@@ -32,28 +70,40 @@ class Avatar:
         source_mask: (1, 1, H, W) in [0, 1] blanks the source background for the embedder."""
         self._check_image(source_image, "source_image")
         self._check_image(source_landmark_image, "source_landmark_image")
-        state = self.model.initialize(source_image, source_landmark_image, source_mask)
-        if source_keypoints is not None and self.model.cfg.upd_steps > 0:
-            image = source_image if source_image.dim() == 4 else source_image[:, 0]
-            keypoints = source_keypoints if source_keypoints.dim() == 3 else source_keypoints[:, 0]
-            state = self.model.enhance(state, self._check_keypoints(keypoints), image)
+        device = next(self.model.parameters()).device
+        inputs = (source_image, source_landmark_image, source_keypoints, source_mask)
+        image, landmarks, keypoints, mask = (None if t is None else t.to(device) for t in inputs)
+        state = self.model.initialize(image, landmarks, mask)
+        if keypoints is not None:
+            image = image if image.dim() == 4 else image[:, 0]  # the updater is guided by one frame
+            keypoints = self._check_keypoints(keypoints if keypoints.dim() == 3 else keypoints[:, 0])
+            if self.model.cfg.upd_steps > 0:
+                state = self.model.enhance(state, keypoints, image)
+            rendered = self.model.render(keypoints, state)
+            self.source_keypoints, self.source_render = keypoints, (rendered.image, rendered.mask)
         self.state = state
+        self.frame_net = fold_generator(self.model.inference_generator, state.inference_params, state.texture)
+        calibration = None
+        if self.precision == "int8":  # activation ranges from poses around the source's
+            anchor = np.zeros((68, 2), np.float32) if keypoints is None else keypoints[0].cpu().numpy()
+            calibration = motion_samples(anchor, 32)
+        self._runner = make_runner(self.frame_net, self.backend, self.precision, calibration)
         return state
 
-    @torch.no_grad()
-    def render(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
-        """keypoints: (B, 68, 2) or (68, 2) in [-1, 1] -> image (B, 3, H, W), mask (B, 1, H, W)."""
-        if self.state is None:
+    def render(self, keypoints: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+        """keypoints: (B, 68, 2) or (68, 2) in [-1, 1] -> image (B, 3, H, W) in [-1, 1], mask
+        (B, 1, H, W) in [0, 1]."""
+        if self._runner is None:
             raise RuntimeError("Avatar.render called before Avatar.init")
+        keypoints = torch.as_tensor(keypoints, dtype=torch.float32)
         if keypoints.dim() == 2:
             keypoints = keypoints[None]
-        out = self.model.render(self._check_keypoints(keypoints), self.state)
-        return out.image, out.mask
+        return self._runner(self._check_keypoints(keypoints))
 
     def _check_image(self, image: Tensor, name: str) -> None:
         s = self.model.cfg.image_size
-        if image.dim() not in (4, 5) or image.shape[-3:] != (3, s, s):
-            raise InputError(f"{name}: expected (B, [N,] 3, {s}, {s}), got {tuple(image.shape)}")
+        if image.dim() not in (4, 5) or image.shape[0] != 1 or image.shape[-3:] != (3, s, s):
+            raise InputError(f"{name}: expected one source (1, [N,] 3, {s}, {s}), got {tuple(image.shape)}")
 
     def _check_keypoints(self, keypoints: Tensor) -> Tensor:
         k = self.model.cfg.num_keypoints

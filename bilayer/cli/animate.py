@@ -1,0 +1,36 @@
+"""`bilayer animate`: drive an avatar made from one photo with a video or a stored keypoint track."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("animate", help="animate a photo with a driving video (or keypoint track)")
+    p.add_argument("--source", required=True, metavar="PHOTO", help="photo of the avatar's face")
+    drive = p.add_mutually_exclusive_group(required=True)
+    drive.add_argument("--driver", metavar="VIDEO", help="driving video (its frame rate and audio are kept)")
+    drive.add_argument("--keypoints", metavar="FILE.npy", help="stored (T, 68, 2) keypoint track in [-1, 1]")
+    p.add_argument("--out", required=True, metavar="OUT.mp4", help="output video (.mp4, .mkv or .mov)")
+    p.add_argument("--checkpoint", metavar="C", help="model checkpoint (default: the shipped demo checkpoint)")
+    p.add_argument("--relative", action="store_true",
+                   help="transfer the driver's motion relative to its first frame (cross-reenactment)")
+    p.add_argument("--side-by-side", action="store_true", help="write source | driver | result")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
+                   help="torch: fp32, bf16, fp16 (GPU); onnxruntime: fp32, fp16, int8")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of a --keypoints track")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N driver frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bilayer.runtime.pipeline import AnimateOptions, animate
+
+    options = AnimateOptions(args.relative, args.side_by_side, args.backend, args.precision, args.fps, args.max_frames)
+    r = animate(args.source, args.out, args.checkpoint, args.driver, args.keypoints, options, progress=not args.quiet)
+    audio = "with audio" if r.has_audio else "no audio"
+    print(f"{r.path}: {r.frames} frames at {r.fps:g} fps, {audio}; init {r.init_ms:.0f} ms, "
+          f"render {r.frame_ms:.1f} ms/frame ({args.backend}/{args.precision})"
+          + (f"; no face in {r.faceless_frames} driver frames" if r.faceless_frames else ""))
+    return 0

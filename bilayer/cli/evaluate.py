@@ -1,0 +1,81 @@
+"""`bilayer evaluate --data DIR`: the paper's metrics on a preprocessed dataset (Sec. 4, Table 2).
+
+First frame of each test clip (one per identity, at most --max-clips) is the source, targets are
+taken at 1 FPS. Prints a Table 2 style table for the model and the copy-source baseline; writes
+the numbers as JSON (--json) and a source | target | ours image grid (--grid).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "demo.pt"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="LPIPS/SSIM/CSIM/NME, GMACs and timings on test clips (paper Table 2)",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, metavar="C",
+                   help="model checkpoint (default: the shipped demo model)")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset written by `bilayer preprocess`")
+    p.add_argument("--split", choices=("test", "train", "all"), default="test")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="identities held out as test (default: the checkpoint's training config, else 0.05)")
+    p.add_argument("--max-clips", type=int, default=50, metavar="N", help="clips (one per identity); paper: 50")
+    p.add_argument("--metrics", default="lpips,ssim,csim,nme", help="comma-separated registered metrics")
+    p.add_argument("--lpips-backbone", type=Path, metavar="FILE",
+                   help="torchvision ImageNet weights of the LPIPS backbone "
+                        "(vgg16-397923af.pth or alexnet-owt-7be5be79.pth)")
+    p.add_argument("--lpips-net", choices=("vgg", "alex"), default="vgg", help="LPIPS backbone (official code: vgg)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as one JSON object")
+    p.add_argument("--grid", type=Path, metavar="PNG", help="write a source | target | ours grid")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from bilayer.checkpoint import load_model
+    from bilayer.errors import InputError
+    from bilayer.metrics.complexity import frame_macs
+    from bilayer.metrics.evaluation import EvalConfig, evaluate
+    from bilayer.metrics.registry import MetricOptions, MetricUnavailable, build_metric, list_metrics
+    from bilayer.metrics.report import format_table, results_json, write_grid
+
+    names = [n for n in args.metrics.split(",") if n]
+    unknown = [n for n in names if n not in list_metrics()]
+    if unknown:
+        raise InputError(f"--metrics: unknown {unknown[0]!r} (known: {', '.join(list_metrics())})")
+    if args.max_clips < 1:
+        raise InputError("--max-clips must be >= 1")
+    if args.checkpoint == DEMO_CHECKPOINT and not DEMO_CHECKPOINT.is_file():
+        raise InputError(f"{DEMO_CHECKPOINT}: the demo model is not in this installation; pass --checkpoint C")
+    model, ckpt = load_model(args.checkpoint)
+    train_data = ckpt.get("meta", {}).get("train_config", {}).get("data", {})
+    test_fraction = args.test_fraction if args.test_fraction is not None else train_data.get("test_fraction", 0.05)
+    if args.split == "test" and train_data.get("split") == "all":
+        print("evaluate: warning: the checkpoint was trained on split 'all', its test identities were seen")
+
+    opts = MetricOptions(lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone)
+    metrics, unavailable = {}, {}
+    for name in names:
+        try:
+            metrics[name] = build_metric(name, opts)
+        except MetricUnavailable as e:
+            unavailable[name] = str(e)
+    torch.manual_seed(0)
+    cfg = EvalConfig(split=args.split, test_fraction=test_fraction, max_clips=args.max_clips)
+    ev = evaluate(model, args.data, metrics, cfg)
+    meta = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+            "test_fraction": test_fraction, "clips": ev.clips}
+    results = results_json(ev, unavailable, frame_macs(model.cfg, model)["macs"] / 1e9, meta)
+
+    print(format_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"evaluate: results -> {args.json}")
+    if args.grid:
+        print(f"evaluate: grid -> {write_grid(ev, args.grid)}")
+    return 0

@@ -1,0 +1,100 @@
+"""Evaluation results as JSON, as a table in the format of the paper's Table 2 (App. B.2), and as
+an image grid (source | target | ours) for a look."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bilayer.metrics.evaluation import METHODS, Evaluation
+from bilayer.metrics.images import to_uint8
+
+#: Table 2's columns: (JSON key, header).
+COLUMNS = (
+    ("lpips", "LPIPS↓"), ("ssim", "SSIM↑"), ("csim", "CSIM↑"), ("nme", "NME↓"),
+    ("gmacs", "GMACs↓"), ("init_ms", "Init.(ms)↓"), ("inference_ms", "Inf.(ms)↓"),
+)
+ROW_NAMES = {"copy_source": "Copy source", "ours": "Ours"}
+IMAGE_METRICS = ("lpips", "ssim", "csim", "nme")
+CSIM_NOTE = ("dlib's 128-D face-recognition ResNet, not ArcFace as in the paper: not comparable with its CSIM "
+             "column (dlib's cosines are high even across people: 0.88 for the two sample-photo women)")
+
+
+def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta: dict[str, Any]) -> dict[str, Any]:
+    """{"ours": {...}, "copy_source": {...}, "n_pairs", "n_clips", "unavailable", "notes", **meta}.
+
+    Every image metric key is present in both rows; a metric that could not be computed is null
+    and `unavailable[name]` says why.
+    """
+    out: dict[str, Any] = {}
+    for method in METHODS:
+        computed = ev.scores[method]
+        row: dict[str, float | None] = {m: ev.mean(method, m) if m in computed else None for m in IMAGE_METRICS}
+        if "nme" in ev.scores[method]:
+            row["nme_no_face"] = ev.unscored(method, "nme")
+        out[method] = row
+    out["ours"].update(
+        gmacs=gmacs,
+        init_ms=statistics.median(ev.init_ms),
+        inference_ms=statistics.median(ev.inference_ms),
+    )
+    notes = {
+        "csim": CSIM_NOTE,
+        "nme": "10 x mean keypoint error / eye-centre distance; outputs without a detected face are excluded, "
+               "their fraction is nme_no_face",
+        "timing": f"median over clips (init) and frames (inference, batch 1) on this machine's CPU with "
+                  f"{torch.get_num_threads()} threads; the paper: NVIDIA P40, median of 1000 runs",
+        "images": "foreground only: output cut with its predicted mask, target and source with their dataset masks",
+    }
+    return {**out, "n_pairs": ev.n_pairs, "n_clips": len(ev.clips), "unavailable": unavailable, "notes": notes, **meta}
+
+
+def _cell(value: float | None, key: str) -> str:
+    if value is None:
+        return "n/a"
+    if key.endswith("_ms"):
+        return f"{value:.0f}"
+    return f"{value:.3g}" if key == "gmacs" else f"{value:.3f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Table 2 layout: one row per method, the paper's columns, then the notes that qualify them."""
+    width = max(len(n) for n in ROW_NAMES.values())
+    lines = [f"{'Method':{width}}  " + "  ".join(f"{h:>10}" for _, h in COLUMNS)]
+    for method in ("copy_source", "ours"):
+        row = results[method]
+        cells = ["-" if key not in row else _cell(row[key], key) for key, _ in COLUMNS]
+        lines.append(f"{ROW_NAMES[method]:{width}}  " + "  ".join(f"{c:>10}" for c in cells))
+    lines.append(f"{results['n_pairs']} pairs from {results['n_clips']} clips (first frame -> targets at 1 FPS)")
+    for name, reason in results["unavailable"].items():
+        lines.append(f"{name.upper()}: n/a, {reason}")
+    lines.append(f"CSIM: {CSIM_NOTE}")
+    if "nme_no_face" in results["ours"]:
+        lines.append("NME: outputs with no face found excluded: "
+                     f"ours {100 * results['ours']['nme_no_face']:.1f}%, "
+                     f"copy source {100 * results['copy_source']['nme_no_face']:.1f}%")
+    lines.append(f"Timing: {results['notes']['timing']}")
+    return "\n".join(lines)
+
+
+def write_grid(ev: Evaluation, path: str | Path, max_rows: int = 8) -> Path:
+    """PNG with one row per clip (its first pair): source | target | ours, as they were scored."""
+    import cv2
+
+    rows = []
+    for ex in ev.examples[:max_rows]:
+        cells = to_uint8(torch.cat([ex.source, ex.target, ex.ours]))  # (3, H, W, 3)
+        rows.append(np.concatenate(list(cells), axis=1))  # (H, 3W, 3)
+    grid = np.concatenate(rows, axis=0)
+    header = np.zeros((24, grid.shape[1], 3), np.uint8)
+    w = grid.shape[1] // 3
+    for i, label in enumerate(("source", "target", "ours")):
+        cv2.putText(header, label, (i * w + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.concatenate([header, grid])[..., ::-1]):
+        raise OSError(f"{path}: could not write the PNG")
+    return path

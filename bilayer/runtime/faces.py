@@ -1,0 +1,66 @@
+"""Faces in photos and driving videos, with the same detector, keypoints and crop as preprocessing.
+
+`FaceAnnotator` (bilayer.data.preprocess) does online detection + dlib 68-point keypoints + a
+One-Euro-smoothed VoxCeleb-like crop box (+ MediaPipe segmentation on the CPU). The source photo
+gets the mask (the embedder sees a background-free source, as in training); a driving video gets
+one annotator for the whole clip, so its crop follows the head smoothly instead of being
+re-detected independently on every frame (no crop jitter).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bilayer.data.landmarks import landmark_image
+from bilayer.errors import InputError
+
+
+@dataclass
+class SourceFace:
+    image: np.ndarray  # (S, S, 3) uint8 RGB crop
+    keypoints: np.ndarray  # (68, 2) float32 in [-1, 1]
+    mask: np.ndarray  # (S, S) float32 in [0, 1]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Model inputs: image and landmark image (1, 3, S, S) in [-1, 1], keypoints (1, 68, 2),
+        mask (1, 1, S, S)."""
+        s = self.image.shape[0]
+        keypoints = torch.from_numpy(self.keypoints)[None]
+        return {
+            "image": torch.from_numpy(self.image).permute(2, 0, 1)[None].float() / 127.5 - 1,
+            "landmarks": landmark_image(keypoints, s),
+            "keypoints": keypoints,
+            "mask": torch.from_numpy(self.mask)[None, None].float(),
+        }
+
+
+def annotator(size: int, with_mask: bool):
+    """A FaceAnnotator producing size x size crops (loads the detector models)."""
+    from bilayer.data.preprocess.annotator import AnnotatorConfig, FaceAnnotator
+
+    return FaceAnnotator(AnnotatorConfig(image_size=size), with_mask=with_mask)
+
+
+def read_photo(photo: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; one-line InputError naming the file when it cannot be decoded."""
+    from bilayer.data.preprocess.media import IMAGE_EXTENSIONS, MediaReader
+
+    path = Path(photo)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise InputError(f"{path}: not a photo (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    with MediaReader(path) as reader:
+        return next(reader.frames())[2]
+
+
+def crop_source(photo: str | Path | np.ndarray, size: int) -> SourceFace:
+    """Detect the main face of a photo, crop it like the training data, keypoints and mask."""
+    frame = photo if isinstance(photo, np.ndarray) else read_photo(photo)
+    found = annotator(size, with_mask=True)(frame)
+    if found is None:
+        name = "photo" if isinstance(photo, np.ndarray) else str(photo)
+        raise InputError(f"{name}: no face found")
+    return SourceFace(found.image, found.keypoints, found.mask)

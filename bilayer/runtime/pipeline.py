@@ -1,0 +1,195 @@
+"""Animation pipeline (files in, video out) around the tensor-level `Avatar`.
+
+    animate(source photo, driver video | keypoint track) -> video at the driver's frame rate
+
+1. check the inputs (before any model is loaded);
+2. create the avatar from the photo, once (detect, crop, init, fold: `Avatar.from_image`);
+3. track the driver's face online with the preprocessing's detector and one smoothed crop box
+   for the whole clip, or read a stored (T, 68, 2) keypoint track;
+4. absolute or relative motion transfer (`motion.RelativeMotion`);
+5. render each frame and encode it (audio of the driver kept; `VideoWriter` is atomic).
+
+Frames where the driver's face is lost reuse the last keypoints (before the first face: the
+source pose), so the output keeps the driver's frame count and stays in sync with its audio.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from bilayer.errors import InputError
+from bilayer.metrics.images import to_uint8
+from bilayer.runtime.avatar import Avatar
+from bilayer.runtime.backends import check_backend
+from bilayer.runtime.motion import RelativeMotion
+from bilayer.runtime.video import check_output_path, open_video
+
+#: The demo checkpoint shipped with the package (the default of `bilayer animate` once it exists).
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo.pt"
+
+
+@dataclass(frozen=True)
+class AnimateOptions:
+    relative: bool = False  # driver motion relative to its first frame, scaled to the source's face
+    side_by_side: bool = False  # write source | driver | result
+    backend: str = "torch"
+    precision: str = "fp32"
+    fps: float = 25.0  # frame rate of a keypoint track (a video keeps its own)
+    max_frames: int | None = None
+
+
+@dataclass
+class AnimateResult:
+    path: Path
+    frames: int
+    fps: float
+    has_audio: bool
+    faceless_frames: int  # driver frames without a detected face (previous pose reused)
+    init_ms: float
+    frame_ms: float  # median render time per frame
+
+
+@dataclass
+class DriverFrame:
+    keypoints: np.ndarray | None  # (68, 2) in [-1, 1] or None when no face was found
+    view: np.ndarray  # (S, S, 3) uint8 RGB driver panel for --side-by-side (crop or stickman)
+
+
+def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if not DEMO_CHECKPOINT.is_file():
+        raise InputError(f"no --checkpoint given and no demo checkpoint shipped at {DEMO_CHECKPOINT}")
+    return DEMO_CHECKPOINT
+
+
+def load_keypoint_track(path: str | Path) -> np.ndarray:
+    """A stored track: .npy of shape (T, 68, 2), normalized crop coordinates in [-1, 1]."""
+    path = Path(path)
+    try:
+        track = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read keypoints ({str(e).splitlines()[0]})") from None
+    if track.ndim != 3 or track.shape[1:] != (68, 2) or len(track) == 0:
+        raise InputError(f"{path}: keypoints must have shape (T, 68, 2), got {track.shape}")
+    if not np.isfinite(track).all():
+        raise InputError(f"{path}: keypoints contain NaN or Inf")
+    if np.abs(track).max() > 2:
+        raise InputError(f"{path}: keypoints must be normalized to [-1, 1] (these look like pixel coordinates)")
+    return track.astype(np.float32)
+
+
+def track_video(path: Path, size: int, max_frames: int | None) -> tuple[float, Iterator[DriverFrame]]:
+    """(fps, frames): the driver's face keypoints, tracked online with one smoothed crop."""
+    from bilayer.data.preprocess.media import MediaReader
+    from bilayer.runtime.faces import annotator
+
+    reader = MediaReader(path, max_frames=max_frames)
+    if reader.info.kind != "video":
+        reader.close()
+        raise InputError(f"{path}: the driver must be a video")
+
+    def frames() -> Iterator[DriverFrame]:
+        face = annotator(size, with_mask=False)
+        box = None
+        with reader:
+            for _, t, rgb in reader.frames():
+                found = face(rgb, t)
+                if found is not None:
+                    box = found.crop_box
+                    yield DriverFrame(found.keypoints, found.image)
+                else:
+                    yield DriverFrame(None, box.crop(rgb, size) if box is not None else _centre_crop(rgb, size))
+
+    return reader.info.fps, frames()
+
+
+def stickman(keypoints: np.ndarray, size: int) -> np.ndarray:
+    """The landmark image of (68, 2) normalized keypoints, (S, S, 3) uint8 (driver panel of a track)."""
+    from bilayer.data.landmarks import draw_landmarks, pixel_keypoints
+
+    return draw_landmarks(pixel_keypoints(keypoints, size), size)
+
+
+def _centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    from bilayer.data.preprocess.geometry import CropBox
+
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    return CropBox((w - side) // 2, (h - side) // 2, side).crop(rgb, size)
+
+
+class Driving:
+    """Driver keypoints -> avatar keypoints: absolute, or relative to the driver's first face."""
+
+    def __init__(self, source: np.ndarray, relative: bool):
+        self.source, self.relative = source, relative
+        self.motion: RelativeMotion | None = None
+        self.last = source  # before the first face: the source pose
+
+    def __call__(self, driver: np.ndarray | None) -> np.ndarray:
+        if driver is not None:
+            if self.relative and self.motion is None:
+                self.motion = RelativeMotion(self.source, driver)
+            self.last = self.motion(driver) if self.relative else driver
+        return self.last
+
+
+def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None = None, driver: str | Path | None = None,
+            keypoints: str | Path | None = None, options: AnimateOptions = AnimateOptions(),
+            progress: bool = True) -> AnimateResult:
+    # 1. Inputs.
+    if (driver is None) == (keypoints is None):
+        raise InputError("give exactly one of a driver video or a keypoint track")
+    out = check_output_path(out)
+    source = Path(source)
+    if not source.is_file():
+        raise InputError(f"{source}: source photo not found")
+    if driver is not None and not Path(driver).is_file():
+        raise InputError(f"{driver}: driver video not found")
+    track = load_keypoint_track(keypoints) if keypoints is not None else None
+    checkpoint = resolve_checkpoint(checkpoint)
+    check_backend(options.backend, options.precision)
+
+    # 2. Avatar, once.
+    start = time.perf_counter()
+    avatar = Avatar.from_image(source, checkpoint, options.backend, options.precision)
+    init_ms = 1000 * (time.perf_counter() - start)
+    size = avatar.model.cfg.image_size
+
+    # 3. Driving keypoints.
+    if track is not None:
+        fps = options.fps
+        frames: Iterator[DriverFrame] = (DriverFrame(k, stickman(k, size)) for k in track[: options.max_frames])
+        total = len(track[: options.max_frames])
+    else:
+        fps, frames = track_video(Path(driver), size, options.max_frames)
+        total = None
+
+    # 4-5. Motion, render, encode.
+    driving = Driving(avatar.source_face.keypoints, options.relative)
+    width = size * (3 if options.side_by_side else 1)
+    times, faceless = [], 0
+    audio = Path(driver) if driver is not None else None
+    with open_video(out, fps, width, size, audio_from=audio) as writer:
+        bar = tqdm(frames, total=total, unit="frame", disable=not progress, desc="animate")
+        for frame in bar:
+            faceless += frame.keypoints is None
+            t0 = time.perf_counter()
+            image, _ = avatar.render(driving(frame.keypoints))
+            times.append(time.perf_counter() - t0)
+            result = to_uint8(image)[0]
+            if options.side_by_side:
+                result = np.concatenate([avatar.source_face.image, frame.view, result], axis=1)
+            writer.write(result)
+            bar.set_postfix(render_ms=f"{1000 * times[-1]:.1f}")
+        if track is None and faceless == writer.frames:
+            raise InputError(f"{driver}: no face found in any frame")
+        has_audio = writer.has_audio
+    frame_ms = 1000 * float(np.median(times)) if times else 0.0
+    return AnimateResult(out, len(times), fps, has_audio, faceless, init_ms, frame_ms)

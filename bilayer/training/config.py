@@ -1,0 +1,155 @@
+"""Typed training configuration (paper Sec. 3.5, App. A.1), loaded from YAML with overrides.
+
+A config file names a model preset and overrides its fields:
+
+    model_size: small            # small | medium | large | baseline (bilayer.config.PRESETS)
+    model: {image_size: 64}      # ModelConfig fields on top of the preset
+    loss: {adversarial: 0.5}     # LossWeights
+    base: {iterations: 100, batch_size: 8}
+
+Unknown keys and wrong types are rejected with the key (and file) named. The resolved config
+(every field, preset applied) is what a run saves and what `--dry-run` prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from bilayer.config import PRESETS, ConfigError, ModelConfig, from_dict, to_dict
+from bilayer.losses import LossWeights
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    iterations: int
+    batch_size: int  # global: split evenly over the processes
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for every network (Sec. 3.5, App. A.1)."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class PerceptualConfig:
+    """The active perceptual networks (Eqs. 4-5); a configured weight file that is missing is an error.
+
+    ImageNet VGG19 weights cannot be shipped: with `imagenet: none` the Eq. 4 term is off and the
+    run says so in its log and checkpoint metadata. dlib's face ResNet (weights committed) stands
+    in for VGGFace in Eq. 5 unless `face: vggface` with a weight file is chosen.
+    """
+
+    imagenet: Literal["vgg19", "none"] = "none"
+    imagenet_weights: str | None = None  # torchvision's vgg19-dcbb9e9d.pth
+    face: Literal["dlib_face", "vggface", "none"] = "dlib_face"
+    face_weights: str | None = None  # None with dlib_face: bilayer/assets/dlib_face_resnet_v1.pt
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training pairs (bilayer.data.dataset.PairDataset); frames are loaded at model.image_size."""
+
+    split: Literal["train", "all"] = "train"  # identities held out by test_fraction are never seen
+    test_fraction: float = 0.05
+    min_gap: int = 0  # |target - source| in frames, at least ...
+    max_gap: int | None = None  # ... and at most (None: anywhere in the clip)
+    flip_probability: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model_size: Literal["small", "medium", "large", "baseline"] = "medium"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # Batch sizes of the paper (Sec. 3.5); it does not report iteration counts.
+    base: StageConfig = field(default_factory=lambda: StageConfig(iterations=500_000, batch_size=48))
+    updater: StageConfig = field(default_factory=lambda: StageConfig(iterations=100_000, batch_size=32))
+    standing_stats_batches: int = 500  # App. A.1
+    num_workers: int = 2  # data-loading processes per training process
+    checkpoint_every: int = 1000  # iterations between writes of checkpoints/last.pt
+    log_every: int = 50  # iterations between TensorBoard/JSON scalar logs (averaged)
+    image_every: int = 1000  # iterations between TensorBoard image grids
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 was unstable in the paper (A.3)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("standing_stats_batches", "checkpoint_every", "log_every", "image_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
+
+def _set_path(data: dict[str, Any], cls: type, key: str, value: Any) -> None:
+    """data[a][b]... = value for `a.b...`, checking every part against the dataclass fields."""
+    parts = key.split(".")
+    node, tp = data, cls
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            raise ConfigError(f"override {key}: unknown key {part!r}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part!r} is not a mapping")
+        tp = hints[part]
+
+
+def train_config(data: dict[str, Any], overrides: list[str] = ()) -> TrainConfig:
+    """TrainConfig from a plain dict: `key=value` overrides (values as YAML), then the model preset."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set_path(data, TrainConfig, key, yaml.safe_load(raw))
+    size = data.get("model_size", TrainConfig.model_size)
+    if size not in PRESETS:
+        raise ConfigError(f"TrainConfig.model_size: {size!r} is not one of {tuple(PRESETS)}")
+    # Nested blocks given in part keep the defaults of their other fields; the model block sits
+    # on top of its preset instead.
+    defaults = to_dict(TrainConfig())
+    defaults["model"] = PRESETS[size]
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            data[key] = {**defaults[key], **value}
+    data.setdefault("model", defaults["model"])
+    return from_dict(TrainConfig, data)
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Load a YAML training config; every problem is one line naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        return train_config(data, list(overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

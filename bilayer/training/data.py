@@ -1,0 +1,111 @@
+"""Deterministic, resumable, sharded data streams for training.
+
+The stream is a pure function of (seed, position): epoch e is a permutation drawn from
+`seed + e`, padded to a multiple of the world size and sharded by rank. Each item is fetched as
+(index, epoch): the dataset's own per-epoch randomness (`set_epoch`, e.g. `PairDataset` with a
+seed) and the global python/numpy/torch RNGs are set from (seed, epoch, index) first. So resuming
+at iteration i (position i * per-process batch) reproduces the uninterrupted stream exactly,
+whatever the number of loader workers.
+"""
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from bilayer.errors import InputError
+from bilayer.losses import Frame
+from bilayer.training.config import TrainConfig
+
+_MIX = 1_000_003  # mixes (seed, epoch, index) into one per-item seed
+
+
+class StreamSampler(Sampler):
+    """Endless (index, epoch) stream for one rank, starting at `start` items into it."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0):
+        if size < 1:
+            raise InputError("dataset is empty")
+        self.size, self.seed, self.rank, self.world, self.start = size, seed, rank, world, start
+        self.per_rank = -(-size // world)  # ceil: short shards are padded by wrapping around
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            perm = torch.randperm(self.size, generator=g).tolist()
+            perm = (perm * self.world)[: self.per_rank * self.world]  # pad to a multiple of world
+            for i in range(offset, self.per_rank):
+                yield perm[self.rank + i * self.world], epoch
+            epoch, offset = epoch + 1, 0
+
+
+class SeededItems(Dataset):
+    """dataset[(index, epoch)]: dataset[index] drawn with randomness fixed by (seed, epoch, index).
+
+    Calls `dataset.set_epoch(epoch)` when the dataset has it, and seeds python/numpy/torch from
+    (seed, epoch, index); the caller's RNG states are restored afterwards (loading may run in the
+    training process).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, epoch = item
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        seed = ((self.seed * _MIX + epoch) * _MIX + index) % 2**63
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: the trainer handles it, the loader workers ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stream(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, start: int, workers: int, pin: bool) -> Iterator[dict]:
+    """Endless iterator of batches (dicts of stacked tensors) for this rank."""
+    sampler = StreamSampler(len(dataset), seed, rank, world, start)
+    # Own generator: creating the iterator draws the workers' base seed, not from the global RNG.
+    loader = DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=pin, drop_last=True, generator=torch.Generator().manual_seed(seed),
+                        worker_init_fn=_ignore_sigint)
+    return iter(loader)
+
+
+def frame(batch: dict[str, torch.Tensor], which: str, device: torch.device) -> Frame:
+    """The `which` ("source" | "target") frame of a dataset batch, on `device`."""
+    try:
+        fields = {k: batch[f"{which}_{k}"].to(device, non_blocking=True) for k in ("image", "landmarks", "keypoints", "mask")}
+    except KeyError as e:
+        raise InputError(f"dataset items have no {e.args[0]!r} (keys: {', '.join(sorted(batch))})") from None
+    return Frame(**fields)
+
+
+def open_dataset(root: str | Path, cfg: TrainConfig) -> Dataset:
+    """The training pairs of a folder written by `bilayer preprocess`, at the model's resolution."""
+    from bilayer.data.dataset import DatasetConfig, PairDataset  # needs the `data` extra (OpenCV)
+
+    d = cfg.data
+    return PairDataset(root, d.split, DatasetConfig(
+        image_size=cfg.model.image_size, min_gap=d.min_gap, max_gap=d.max_gap,
+        flip_probability=d.flip_probability, test_fraction=d.test_fraction, seed=cfg.seed,
+    ))

@@ -1,0 +1,383 @@
+"""The training loop: base stage then updater stage (Sec. 3.2-3.5), resumable, 1 or N processes.
+
+Each iteration runs two phases with simultaneous Adam updates (Sec. 3.5):
+  1. generator phase: forward + backward of L_G with only the stage's generators trainable
+     (base: E, G_tex, G; updater: G_upd, the base networks frozen in eval mode);
+  2. discriminator phase: forward + backward of L_adv^D on the same batch (fakes detached);
+then the loss terms are averaged over processes and checked: a NaN/Inf stops the run before any
+optimizer step, keeping the last good checkpoint. Between the stages the generators' BatchNorm
+statistics are replaced by standing statistics (App. A.1), so both `base.pt` and `final.pt` are
+inference checkpoints; `last.pt` carries the full training state (optimizers, grad scalers, RNG,
+stage and iteration) and `--resume` continues from it exactly: the data stream is a function of
+(seed, iteration) and the L_reg weight a function of the iteration.
+
+With torchrun, each phase module is wrapped in DistributedDataParallel (gradients averaged over
+processes), BatchNorm layers become SyncBatchNorm on CUDA, and rank 0 alone logs and saves.
+PyTorch's SyncBatchNorm has no CPU kernel: on gloo each process normalizes with its own batch
+statistics and DDP broadcasts rank 0's running statistics, which keeps the replicas identical.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from bilayer.checkpoint import read_checkpoint, save_checkpoint
+from bilayer.config import to_dict
+from bilayer.errors import InputError
+from bilayer.losses import Frame, Objective, warp_weight
+from bilayer.nets import BilayerModel
+from bilayer.training import distributed
+from bilayer.training.config import StageConfig, TrainConfig
+from bilayer.training.data import frame, stream
+from bilayer.training.log import RunLogger
+from bilayer.training.perceptual import perceptual_nets
+from bilayer.training.phases import BasePhase, DiscriminatorPhase, UpdaterPhase
+from bilayer.training.state import rng_state, seed_all, set_rng_state
+from bilayer.training.stats import standing_statistics
+
+#: Offsets of the data streams' seeds, so the stages and the statistics pass see different pairs.
+STREAM_SEEDS = {"base": 0, "updater": 1_000_003, "stats": 2_000_006}
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or Inf; the message is one line naming the terms and the kept checkpoint."""
+
+
+@dataclass
+class Progress:
+    stage: str  # "base" | "updater"
+    iteration: int  # completed iterations of that stage
+
+
+@dataclass
+class StagePhases:
+    name: str  # "base" | "updater"
+    g_name: str  # optimizer / network group of the generator phase: "generators" | "updater"
+    g_phase: nn.Module  # BasePhase or UpdaterPhase, DDP-wrapped with several processes
+    d_phase: nn.Module  # DiscriminatorPhase, likewise
+
+
+def set_trainable(modules: list[nn.Module], flag: bool) -> None:
+    for m in modules:
+        m.requires_grad_(flag)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dataset: Dataset | None, run_dir: str | Path, resume: bool = False):
+        """`dataset` yields the pair dicts of `bilayer.data.dataset.PairDataset` (needed by `run`)."""
+        self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
+        self.last = self.run_dir / "checkpoints" / "last.pt"
+        if not resume and self.last.exists():
+            raise InputError(f"{self.last}: the run directory already has a checkpoint; pass --resume to continue it")
+        self.device = distributed.init(cfg.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        seed_all(cfg.seed)
+        model = BilayerModel(cfg.model)
+        if self.world > 1 and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # Sec. 3.5: synchronized BN
+        self.model = model.to(self.device)
+        imagenet, face, self.perceptual = perceptual_nets(cfg.perceptual, cfg.loss)
+        self.objective = Objective(cfg.loss, imagenet, face).to(self.device).eval()
+        m = self.model
+        self.nets = {
+            "generators": [m.embedder, m.texture_generator, m.inference_generator],
+            "updater": [m.updater],
+            "discriminator": [m.discriminator],
+        }
+        o = cfg.optim
+        self.optimizers = {
+            name: torch.optim.Adam([p for net in nets for p in net.parameters()], lr=o.lr, betas=o.betas, eps=o.eps)
+            for name, nets in self.nets.items()
+        }
+        self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16") for name in self.nets}
+        self.amp_dtype = AMP_DTYPES[cfg.precision]
+        self.progress = Progress("base", 0)
+        self.budget: int | None = None  # iterations left before a --stop-after stop
+        self.stop_requested = False
+        self.signalled = False  # stopped by SIGINT/SIGTERM
+        if resume:
+            self._load(self.last)
+
+    # ----------------------------------------------------------------------------------------- run
+
+    def run(self, stop_after: int | None = None) -> Path:
+        """Train (the rest of) both stages; returns the path of checkpoints/last.pt.
+
+        `stop_after`: stop (saving last.pt) after this many iterations, e.g. to fit a job's time
+        limit; `--resume` continues exactly where it stopped.
+        """
+        self.budget, self.stop_requested, self.signalled = stop_after, False, False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLogger(self.run_dir, enabled=self.rank == 0)
+        self._announce()
+        try:
+            with self._stop_on_signals():
+                if self.progress.stage == "base":
+                    self._run_stage("base")
+                    if self.stop_requested:
+                        return self.last
+                    self._finish_base()
+                self._run_stage("updater")
+                distributed.broadcast_buffers(self.model)  # D's last BN update was per process
+                if not self.stop_requested:
+                    self._save("last.pt", training=True)
+                    self._save("final.pt", training=False)
+        finally:
+            self.log.close()
+            distributed.barrier()
+        return self.last
+
+    def _announce(self) -> None:
+        lines = [
+            f"device {self.device}, {self.world} process(es), precision {self.cfg.precision}, "
+            f"model {self.cfg.model_size} at {self.cfg.model.image_size}px",
+            f"perceptual ImageNet term: {self.perceptual['imagenet']}",
+            f"perceptual face term: {self.perceptual['face']}",
+        ]
+        if self.world > 1 and self.device.type != "cuda":
+            lines.append("SyncBatchNorm needs CUDA: BatchNorm statistics are per process on CPU")
+        if self.progress.iteration or self.progress.stage != "base":
+            lines.append(f"resuming from {self.last} at {self.progress.stage} iteration {self.progress.iteration}")
+        for line in lines:
+            distributed.print0(f"bilayer train: {line}")
+        self.log.text("run", "  \n".join(lines))
+        if self.rank == 0:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM finish the current iteration, save last.pt and stop (all ranks agree)."""
+
+        def request_stop(signum: int, frame: object) -> None:
+            self.stop_requested = self.signalled = True
+
+        try:
+            previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: leave the handlers alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # ---------------------------------------------------------------------------------- one stage
+
+    def _per_rank_batch(self, stage: StageConfig) -> int:
+        if stage.batch_size % self.world:
+            raise InputError(f"batch_size {stage.batch_size} is not divisible by the {self.world} processes")
+        return stage.batch_size // self.world
+
+    def _wrap(self, module: nn.Module, trainable: list[nn.Module], find_unused: bool) -> nn.Module:
+        """DDP over the phase module; only `trainable` parameters are registered for all-reduce."""
+        if self.world == 1:
+            return module
+        self.model.requires_grad_(False)
+        set_trainable(trainable, True)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused)
+
+    def prepare(self, name: str) -> StagePhases:
+        """Modes, trainable sets and (with several processes) DDP wrappers for stage `name`."""
+        base = name == "base"
+        g_name = "generators" if base else "updater"
+        self.model.train()
+        if not base:  # frozen base networks: eval mode keeps their BN and SN buffers unchanged
+            set_trainable(self.nets["generators"], False)
+            for net in self.nets["generators"]:
+                net.eval()
+        # With one of these terms off (weight 0, skipped) some generator parameters (e.g. the mask
+        # head) get no gradient, and DDP must look for them.
+        w = self.cfg.loss
+        find_unused = not all((w.adversarial, w.feature_matching, w.pixel, w.mask))
+        g_phase = self._wrap((BasePhase if base else UpdaterPhase)(self.model, self.objective), self.nets[g_name],
+                             find_unused)
+        d_phase = self._wrap(DiscriminatorPhase(self.model.discriminator, self.objective), self.nets["discriminator"], False)
+        return StagePhases(name, g_name, g_phase, d_phase)
+
+    def _run_stage(self, name: str) -> None:
+        cfg, stage = self.cfg, getattr(self.cfg, name)
+        phases = self.prepare(name)
+        per_rank = self._per_rank_batch(stage)
+        batches = stream(self.dataset, per_rank, cfg.seed + STREAM_SEEDS[name], self.rank, self.world,
+                         self.progress.iteration * per_rank, cfg.num_workers, self.device.type == "cuda")
+        bar = tqdm(total=stage.iterations, initial=self.progress.iteration, desc=name, disable=self.rank != 0,
+                   dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        count, tic = 0, time.perf_counter()
+        while self.progress.iteration < stage.iterations:
+            it = self.progress.iteration
+            batch = next(batches)
+            source, target = frame(batch, "source", self.device), frame(batch, "target", self.device)
+            values, result = self.step(phases, source, target, it)
+            self.progress.iteration = it = it + 1
+            bar.update(1)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if it % cfg.log_every == 0 or it == stage.iterations:
+                means = {k: v / count for k, v in sums.items()}
+                means["it_per_s"] = count / (time.perf_counter() - tic)
+                if name == "base":
+                    means["warp_weight"] = warp_weight(cfg.loss, it - 1)
+                self.log.scalars(name, it, means)
+                bar.set_postfix(G=f"{means['G/total']:.3f}", D=f"{means['D/total']:.3f}")
+                sums, count, tic = {}, 0, time.perf_counter()
+            if it % cfg.image_every == 0 or it == stage.iterations:
+                self.log.images(name, it, {"source": source.image, "target": target.image, **result["visuals"]})
+            if self.budget is not None:
+                self.budget -= 1
+                self.stop_requested |= self.budget <= 0
+            if self.stop_requested:
+                distributed.print0(f"bilayer train: stopped at {name} iteration {it}, saving {self.last}")
+                self._save("last.pt", training=True)
+                break
+            if it % cfg.checkpoint_every == 0 and it < stage.iterations:
+                self._save("last.pt", training=True)
+        bar.close()
+        del batches  # shuts the loader workers down
+
+    def step(self, phases: StagePhases, source: Frame, target: Frame, iteration: int) -> tuple[dict[str, float], dict]:
+        """One iteration (0-based `iteration` of the stage): G phase and D phase forward + backward,
+        NaN/Inf check, then both Adam steps. Returns the process-averaged loss terms and the G
+        phase's outputs (masked real/fake, visuals)."""
+        g_name, g_phase, d_phase = phases.g_name, phases.g_phase, phases.d_phase
+        extra = {"warp": warp_weight(self.cfg.loss, iteration)} if phases.name == "base" else {}
+        g_nets, d_nets = self.nets[g_name], self.nets["discriminator"]
+        g_opt, d_opt = self.optimizers[g_name], self.optimizers["discriminator"]
+        g_scaler, d_scaler = self.scalers[g_name], self.scalers["discriminator"]
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+
+        set_trainable(g_nets, True)
+        set_trainable(d_nets, False)
+        with autocast:
+            result = g_phase(source, target, **extra)
+        g_terms = result["losses"]
+        g_opt.zero_grad(set_to_none=True)
+        g_scaler.scale(sum(g_terms.values())).backward()
+
+        set_trainable(g_nets, False)
+        set_trainable(d_nets, True)
+        with autocast:
+            d_terms = d_phase(result["real"], result["fake"], target.landmarks)
+        d_opt.zero_grad(set_to_none=True)
+        d_scaler.scale(sum(d_terms.values())).backward()
+
+        # One all-reduce: loss terms (for the mean over processes and the finiteness check) + stop flag.
+        names = [f"G/{k}" for k in g_terms] + [f"D/{k}" for k in d_terms]
+        values = torch.stack([t.detach().float() for t in (*g_terms.values(), *d_terms.values())])
+        flag = torch.tensor([float(self.stop_requested)], device=values.device)
+        packed = distributed.all_reduce_sum(torch.cat([values, flag])) / self.world
+        *losses, stop = packed.tolist()
+        bad = [n for n, v in zip(names, losses) if not math.isfinite(v)]
+        if bad:
+            kept = self.last if self.last.exists() else "none written yet"
+            raise TrainingDiverged(
+                f"non-finite loss ({', '.join(bad)}) at {phases.name} iteration {iteration + 1}; "
+                f"stopped before the optimizer step, last good checkpoint: {kept}"
+            )
+        self.stop_requested |= stop > 0
+        for scaler, opt in ((g_scaler, g_opt), (d_scaler, d_opt)):
+            scaler.step(opt)
+            scaler.update()
+        out = dict(zip(names, losses))
+        out["G/total"] = sum(losses[: len(g_terms)])
+        out["D/total"] = sum(losses[len(g_terms):])
+        return out, result
+
+    # --------------------------------------------------------------------- stage end, checkpoints
+
+    def _finish_base(self) -> None:
+        """Standing BN statistics of the generators (App. A.1), then switch to the updater stage."""
+        m, cfg = self.model, self.cfg
+        m.eval()
+        generators = nn.ModuleList([m.texture_generator, m.inference_generator])  # E has no BN
+        batches = stream(self.dataset, self._per_rank_batch(cfg.base), cfg.seed + STREAM_SEEDS["stats"], self.rank,
+                         self.world, 0, cfg.num_workers, self.device.type == "cuda")
+
+        def forward(batch: dict) -> None:
+            s, t = frame(batch, "source", self.device), frame(batch, "target", self.device)
+            m.render(t.keypoints, m.initialize(s.image, s.landmarks, s.mask))
+
+        n = standing_statistics(generators, batches, forward, cfg.standing_stats_batches)
+        del batches
+        distributed.broadcast_buffers(generators)  # identical already with SyncBN; on CPU take rank 0's
+        distributed.print0(f"bilayer train: standing BatchNorm statistics from {n} batches")
+        self.progress = Progress("updater", 0)
+        self._save("last.pt", training=True)
+        self._save("base.pt", training=False)
+
+    def _meta(self) -> dict:
+        return {
+            "stage": self.progress.stage,
+            "iteration": self.progress.iteration,
+            "perceptual": self.perceptual,
+            "warp_weight": warp_weight(self.cfg.loss, self.progress.iteration) if self.progress.stage == "base" else 0.0,
+            "world_size": self.world,
+            "train_config": to_dict(self.cfg),
+        }
+
+    def _save(self, name: str, training: bool) -> None:
+        """Rank 0 writes checkpoints/<name> atomically; `training` adds the state to resume from."""
+        if self.rank != 0:
+            return
+        state = {}
+        if training:
+            state = {
+                "progress": asdict(self.progress),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+                "rng": rng_state(),
+            }
+        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self._meta(), **state)
+
+    def _load(self, path: Path) -> None:
+        ckpt = read_checkpoint(path)
+        missing = [k for k in ("progress", "optimizers", "scalers", "rng") if k not in ckpt]
+        if missing:
+            raise InputError(f"{path}: not a training checkpoint (no {missing[0]!r}), it cannot be resumed")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise InputError(f"{path}: weights do not match the model config ({str(e).splitlines()[0]})") from None
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][k])
+        for k, scaler in self.scalers.items():
+            scaler.load_state_dict(ckpt["scalers"][k])
+        set_rng_state(ckpt["rng"])
+        self.progress = Progress(**ckpt["progress"])
+        changed = config_changes(ckpt["meta"].get("train_config", {}), to_dict(self.cfg))
+        if changed:
+            distributed.print0(f"bilayer train: config differs from {path}: {'; '.join(changed)}")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf that differs between two config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def train(cfg: TrainConfig, dataset: Dataset, run_dir: str | Path, resume: bool = False,
+          stop_after: int | None = None) -> Path:
+    """Run (or resume with `resume=True`) both stages into `run_dir`; returns checkpoints/last.pt."""
+    return Trainer(cfg, dataset, run_dir, resume).run(stop_after)

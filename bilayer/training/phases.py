@@ -1,0 +1,68 @@
+"""The forward half of each training phase (EDM-style), one `nn.Module` per phase.
+
+Each phase is a module so that DistributedDataParallel can wrap it: its `forward` runs the
+networks and the loss object and returns a dict with the named loss terms. The training loop
+toggles `requires_grad_` so that only the phase's own networks receive gradients.
+
+* Base stage, generator phase (Sec. 3.1-3.2): E -> G_tex, G -> LF + warped texture, L_G.
+* Updater stage, generator phase (Sec. 3.3): frozen base model, M unrolled LGD steps of G_upd
+  guided by the SOURCE frame (Eq. 7), then L_G of the enhanced TARGET frame (Eq. 8).
+* Discriminator phase (both stages): L_adv^D on masked real and detached masked fake (Eq. 12).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bilayer.losses import Frame, GeneratorLosses, Objective
+from bilayer.nets import AvatarState, BilayerModel, Rendered
+
+
+def _result(losses: GeneratorLosses, out: Rendered, state: AvatarState) -> dict:
+    visuals = {"lf": out.lf, "hf": out.hf, "texture": state.texture, "mask": out.mask, "output": out.image}
+    return {
+        "losses": losses.terms,
+        "real": losses.real.detach(),
+        "fake": losses.fake.detach(),
+        "visuals": {k: v.detach() for k, v in visuals.items()},
+    }
+
+
+class BasePhase(nn.Module):
+    """Stage 1 generator phase: trains E, G_tex and G."""
+
+    def __init__(self, model: BilayerModel, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, source: Frame, target: Frame, warp: float) -> dict:
+        state = self.model.initialize(source.image, source.landmarks, source.mask)
+        out = self.model.render(target.keypoints, state)
+        return _result(self.objective.generator(out, target, self.model.discriminator, warp), out, state)
+
+
+class UpdaterPhase(nn.Module):
+    """Stage 2 generator phase: trains G_upd by back-propagating through all M LGD steps."""
+
+    def __init__(self, model: BilayerModel, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, source: Frame, target: Frame) -> dict:
+        with torch.no_grad():  # the base generators are frozen: no graph through them
+            state = self.model.initialize(source.image, source.landmarks, source.mask)
+        state = self.model.enhance(state, source.keypoints, source.image)  # X_M(s), Eq. 7
+        out = self.model.render(target.keypoints, state)  # x_M(t), Eq. 8
+        # L_reg has no gradient here (G is frozen); the other terms are the base objective.
+        return _result(self.objective.generator(out, target, self.model.discriminator, 0.0), out, state)
+
+
+class DiscriminatorPhase(nn.Module):
+    """Both stages: trains D on L_adv^D."""
+
+    def __init__(self, discriminator: nn.Module, objective: Objective):
+        super().__init__()
+        self.discriminator, self.objective = discriminator, objective
+
+    def forward(self, real: Tensor, fake: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
+        return self.objective.discriminator(self.discriminator, real, fake, landmarks)

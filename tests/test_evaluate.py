@@ -1,0 +1,124 @@
+"""`bilayer evaluate`: the paper's protocol on a dataset preprocessed from real sample videos, with a
+tiny random model, its JSON/table/grid outputs and the copy-source baseline."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from bilayer.checkpoint import load_model, save_checkpoint
+from bilayer.cli.main import main
+from bilayer.losses import apply_mask
+from bilayer.metrics.complexity import frame_macs
+from bilayer.metrics.evaluation import EvalConfig, evaluate, target_frames
+from bilayer.nets import BilayerModel
+from tests.nets_helpers import tiny_config
+
+REQUIRED = ("lpips", "ssim", "csim", "nme")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, BilayerModel(tiny_config()))
+    return path
+
+
+def test_targets_are_taken_at_one_fps():
+    assert target_frames(np.arange(75), fps=25) == [25, 50]
+    assert target_frames(np.arange(0, 75, 2), fps=25) == [13, 25]  # frame_step 2: source frames 26 and 50
+    assert target_frames(np.r_[3:20, 30:80], fps=25) == [17, 40, 65]  # face lost 20..29: first frame after 1 s
+    assert target_frames(np.r_[0:10, 70:80], fps=25) == [10, 15]  # 1 s and 2 s fall in a gap: 2.8 s, then 3 s
+    assert target_frames(np.arange(20), fps=25) == [] and target_frames(np.zeros(1), fps=0) == []
+
+
+def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, checkpoint):
+    model, _ = load_model(checkpoint)
+    calls = []
+
+    def recorder(pred, target, target_keypoints):
+        calls.append((pred.clone(), target.clone(), target_keypoints.clone()))
+        return torch.zeros(len(pred))
+
+    ev = evaluate(model, dataset_dir, {"probe": recorder}, EvalConfig(split="all"))
+    # alice/interview.mp4 and bob/talk.mkv (2 s each -> one target at 1 s); bob's photo has no target
+    assert len(ev.clips) == 2 and ev.n_pairs == 2
+    assert len(ev.init_ms) == 2 and len(ev.inference_ms) == 2
+    ours, copy = calls[0], calls[1]  # first clip: ours, then copy_source, on the same targets
+    assert torch.equal(ours[1], copy[1]) and torch.equal(ours[2], copy[2])
+    assert ours[0].shape == (1, 3, 64, 64) and not torch.equal(ours[0], copy[0])
+    # the baseline's output is the clip's first frame, cut with its dataset mask
+    from bilayer.data.dataset import DatasetConfig, PairDataset
+    from bilayer.data.store import ClipReader
+
+    ds = PairDataset(dataset_dir, "all", DatasetConfig(image_size=64, flip_probability=0.0))
+    clip = next(c for c in ds.clips if c.clip_id == ev.clips[0])
+    with ClipReader(dataset_dir / clip.file) as reader:
+        src = ds._frame(reader, reader.array("keypoints")[0], 0, False, "source")
+    assert torch.allclose(copy[0][0], apply_mask(src["source_image"], src["source_mask"]))
+    assert ev.mean("ours", "probe") == 0.0 and ev.unscored("ours", "probe") == 0.0
+
+
+def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
+    out, grid = tmp_path / "eval.json", tmp_path / "grid.png"
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--split", "all",
+                 "--json", str(out), "--grid", str(grid)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["n_pairs"] == 2 and results["n_clips"] == 2
+    for method in ("ours", "copy_source"):
+        row = results[method]
+        assert set(REQUIRED) <= set(row) and row["lpips"] is None
+        assert 0 <= row["nme_no_face"] <= 1
+    assert "vgg16-397923af.pth" in results["unavailable"]["lpips"]
+    copy = results["copy_source"]
+    assert 0 < copy["ssim"] < 1 and 0 < copy["csim"] < 1 and copy["nme"] > 0  # the head moves in 1 s
+    ours = results["ours"]
+    assert 0 <= ours["csim"] <= 1 and ours["ssim"] < copy["ssim"]  # a random model is worse than copying
+    model, _ = load_model(checkpoint)
+    assert ours["gmacs"] == pytest.approx(frame_macs(model.cfg, model)["macs"] / 1e9)
+    assert ours["init_ms"] > 0 and ours["inference_ms"] > 0
+
+    table = capsys.readouterr().out
+    header = table.splitlines()[0].split()
+    assert header == ["Method", "LPIPS↓", "SSIM↑", "CSIM↑", "NME↓", "GMACs↓", "Init.(ms)↓", "Inf.(ms)↓"]
+    assert "Copy source" in table and "ArcFace" in table and "LPIPS: n/a" in table
+
+    image = cv2.imread(str(grid))
+    assert image.shape == (24 + 2 * 64, 3 * 64, 3)  # header + one row per clip; source | target | ours
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lpips") is None,
+                    reason="the lpips package (bilayer[eval]) is not installed")
+def test_cli_lpips_with_a_user_backbone(dataset_dir, checkpoint, tmp_path):
+    from bilayer.metrics.lpips import BACKBONES
+
+    features, _, _ = BACKBONES["alex"]()
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp_path / "alexnet.pth")
+    out = tmp_path / "eval.json"
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--split", "all",
+                 "--metrics", "lpips,ssim", "--lpips-net", "alex", "--lpips-backbone", str(tmp_path / "alexnet.pth"),
+                 "--json", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["ours"]["lpips"] > 0 and results["copy_source"]["lpips"] > 0
+    assert results["unavailable"] == {} and results["ours"]["csim"] is None  # not asked for
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "{tmp}/nowhere"], "not a dataset"),
+    (["--data", "{data}", "--metrics", "fid"], "unknown 'fid'"),
+    (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt"], "checkpoint not found"),
+])
+def test_cli_errors_are_one_line(dataset_dir, checkpoint, tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path, data=dataset_dir) for a in argv]
+    if "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(checkpoint)]
+    assert main(["evaluate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

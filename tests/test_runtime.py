@@ -1,0 +1,239 @@
+"""Runtime: A.3 folding, the avatar wrapper, backends, motion transfer, and `bilayer animate`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from bilayer.checkpoint import save_checkpoint
+from bilayer.cli.main import main
+from bilayer.nets import BilayerModel
+from bilayer.runtime import Avatar
+from bilayer.runtime.fold import FrameNet, SubpixelUpConv3x3, UpConv3x3, fold_generator
+from bilayer.runtime.motion import RelativeMotion, hull_area, motion_samples
+from tests.nets_helpers import dummy_batch, tiny_config
+
+
+def randomize_norm_stats(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics, so that folding them is actually exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.uniform_(0.5, 1.5, generator=g)
+                m.bias.data.normal_(0, 0.2, generator=g)
+
+
+def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref|| (Frobenius)."""
+    return float(torch.linalg.vector_norm(a - ref) / torch.linalg.vector_norm(ref))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = BilayerModel(tiny_config())
+    randomize_norm_stats(model)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model)
+    return path
+
+
+def test_up_conv_equals_conv_of_nearest_upsampling():
+    """Both forms (transposed conv for torch, sub-pixel for ONNX) = conv3x3(up(z)) + up(res)."""
+    torch.manual_seed(0)
+    z, res = torch.randn(2, 5, 6, 6), torch.randn(2, 7, 6, 6)
+    w, b = torch.randn(7, 5, 3, 3), torch.randn(7)
+    up = lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")  # noqa: E731
+    direct = F.conv2d(up(z), w, b, padding=1) + up(res)
+    transposed = UpConv3x3(w, b)
+    assert torch.allclose(transposed(z, res), direct, atol=1e-5)
+    assert torch.allclose(SubpixelUpConv3x3(transposed)(z, res), direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", ["medium", "baseline"])
+def test_folding_matches_the_adaptive_model(size):
+    """Adaptive params + spectral norm + BN folded (A.3): outputs change by <= 1e-5 relative."""
+    torch.manual_seed(0)
+    cfg = tiny_config(size)
+    model = BilayerModel(cfg)
+    randomize_norm_stats(model)
+    model.eval()
+    x = dummy_batch(cfg, b=3)
+    with torch.no_grad():
+        state = model.initialize(x["image"][:1], x["landmarks"][:1], x["mask"][:1])
+        ref = model.render(x["keypoints"], state)
+        net = fold_generator(model.inference_generator, state.inference_params, state.texture)
+        image, mask = net(x["keypoints"])
+    assert relative_error(image, ref.image) <= 1e-5
+    assert relative_error(mask, ref.mask) <= 1e-5
+    # An ordinary static network: no parametrizations, only plain layers, nothing trainable.
+    assert not any(parametrize.is_parametrized(m) for m in net.modules())
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert kinds <= {"FrameNet", "Sequential", "Linear", "LeakyReLU", "FrameBlock", "Affine", "Conv2d", "UpConv3x3",
+                     "ConvTranspose2d"}
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_folded_network_executes_fewer_macs_than_the_paper_count():
+    from bilayer.metrics.complexity import frame_macs
+
+    model = BilayerModel(tiny_config()).eval()
+    s = model.cfg.image_size
+    with torch.no_grad():
+        state = model.initialize(torch.zeros(1, 3, s, s), torch.zeros(1, 3, s, s))
+    net = fold_generator(model.inference_generator, state.inference_params, state.texture)
+    assert net.macs() < frame_macs(model.cfg, model)["macs"]
+
+
+def test_fold_rejects_a_batch_of_avatars():
+    model = BilayerModel(tiny_config()).eval()
+    x = dummy_batch(model.cfg, b=2)
+    with torch.no_grad():
+        state = model.initialize(x["image"], x["landmarks"])
+    with pytest.raises(ValueError, match="batch 1"):
+        fold_generator(model.inference_generator, state.inference_params, state.texture)
+
+
+def test_render_of_source_keypoints_reproduces_the_init_render():
+    torch.manual_seed(0)
+    model = BilayerModel(tiny_config())
+    randomize_norm_stats(model)
+    x = dummy_batch(model.cfg, b=1)
+    avatar = Avatar(model)
+    avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
+    assert isinstance(avatar.frame_net, FrameNet)
+    image, mask = avatar.render(x["keypoints"][0].numpy())
+    ref_image, ref_mask = avatar.source_render
+    assert relative_error(image, ref_image) <= 1e-5 and relative_error(mask, ref_mask) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torch/bf16", "onnxruntime/fp32", "onnxruntime/int8"])
+def test_backends_match_torch_fp32(backend):
+    from bilayer.export.onnx import psnr
+
+    if backend.startswith("onnxruntime"):
+        pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = BilayerModel(tiny_config())
+    randomize_norm_stats(model)
+    x = dummy_batch(model.cfg, b=1)
+    reference = Avatar(model)
+    reference.init(x["image"], x["landmarks"], x["keypoints"])
+    avatar = Avatar(model, *backend.split("/"))
+    avatar.init(x["image"], x["landmarks"], x["keypoints"])
+    keypoints = torch.from_numpy(motion_samples(x["keypoints"][0].numpy(), 4, seed=1))
+    (ref, ref_mask), (out, mask) = reference.render(keypoints), avatar.render(keypoints)
+    assert out.shape == ref.shape and out.dtype == torch.float32 and mask.shape == ref_mask.shape
+    if backend == "onnxruntime/fp32":
+        assert (out - ref).abs().max() <= 1e-4
+    elif backend == "torch/bf16":
+        assert psnr(out.numpy(), ref.numpy()) >= 40
+    else:  # per-tensor uint8 activations of 4-16 channel layers: the tiny net is the worst case
+        assert psnr(out.numpy(), ref.numpy()) >= 30  # (medium: >= 40 dB, benchmarks/runtime.py)
+
+
+def test_unknown_backend_is_an_input_error():
+    from bilayer.errors import InputError
+
+    avatar = Avatar(BilayerModel(tiny_config()), "torch", "int8")
+    x = dummy_batch(avatar.model.cfg, b=1)
+    with pytest.raises(InputError, match="torch/int8"):
+        avatar.init(x["image"], x["landmarks"])
+
+
+def test_relative_motion_keeps_the_source_shape():
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0.5, 0.5]], np.float32)
+    assert hull_area(square) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    source = rng.uniform(-0.5, 0.5, (68, 2)).astype(np.float32)
+    driver0 = rng.uniform(-0.3, 0.3, (68, 2)).astype(np.float32) * 2  # a face twice as large
+    motion = RelativeMotion(source, driver0)
+    assert np.allclose(motion(driver0), source)
+    moved = driver0 + np.array([0.2, -0.1], np.float32)  # the driver's head moves
+    assert np.allclose(motion(moved) - source, np.array([0.2, -0.1]) * motion.scale, atol=1e-6)
+    assert motion.scale == pytest.approx(np.sqrt(hull_area(source) / hull_area(driver0)))
+
+
+# ---- bilayer animate ----------------------------------------------------------------------------
+
+
+def probe(path):
+    import av
+
+    with av.open(str(path)) as c:
+        video = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(video=0))
+        return frames, (video.width, video.height), float(video.average_rate), len(c.streams.audio)
+
+
+def run_animate(capsys, *args):
+    code = main(["animate", *map(str, args), "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_animate_keeps_frame_count_rate_and_audio(media_dir, sample_video, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "self.mp4"
+    code, stdout, _ = run_animate(capsys, "--source", media_dir / "bob" / "portrait.png", "--driver", sample_video,
+                                  "--out", out, "--checkpoint", tiny_checkpoint)
+    assert code == 0 and "50 frames" in stdout
+    assert probe(out) == (50, (64, 64), 25.0, 1)  # 2 s at 25 fps, audio kept
+
+
+def test_animate_relative_side_by_side_without_audio(media_dir, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "cross.mp4"
+    code, _, _ = run_animate(capsys, "--source", media_dir / "bob" / "portrait.png",
+                             "--driver", media_dir / "bob" / "talk.mkv", "--out", out,
+                             "--checkpoint", tiny_checkpoint, "--relative", "--side-by-side", "--max-frames", "12")
+    assert code == 0
+    assert probe(out) == (12, (3 * 64, 64), 25.0, 0)
+
+
+def test_animate_from_a_keypoint_track_with_onnxruntime(media_dir, tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    track = tmp_path / "track.npy"
+    np.save(track, motion_samples(np.zeros((68, 2), np.float32) + 0.1, 7))
+    out = tmp_path / "track.mkv"
+    code, _, _ = run_animate(capsys, "--source", media_dir / "bob" / "portrait.png", "--keypoints", track,
+                             "--out", out, "--checkpoint", tiny_checkpoint, "--backend", "onnxruntime", "--fps", "10")
+    assert code == 0
+    assert probe(out) == (7, (64, 64), 10.0, 0)
+
+
+def bad_track(tmp_path, kind):
+    path = tmp_path / f"{kind}.npy"
+    track = np.zeros((5, 68, 2), np.float32)
+    if kind == "shape":
+        track = track[:, :67]
+    else:
+        track[2, 10, 1] = np.nan
+    np.save(path, track)
+    return path
+
+
+@pytest.mark.parametrize("case", ["no_face", "undecodable", "shape", "nan"])
+def test_animate_bad_input_is_one_line_and_leaves_no_file(case, media_dir, tiny_checkpoint, tmp_path, capsys):
+    from bilayer.data.samples import SAMPLE_PHOTOS
+
+    source, drive = media_dir / "bob" / "portrait.png", ["--driver", media_dir / "alice" / "interview.mp4"]
+    if case == "no_face":
+        source = SAMPLE_PHOTOS["chelsea"].path  # a cat
+    elif case == "undecodable":
+        broken = tmp_path / "broken.mp4"
+        broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(4096))
+        drive = ["--driver", broken]
+    else:
+        drive = ["--keypoints", bad_track(tmp_path, case)]
+    out = tmp_path / "out" / "result.mp4"
+    out.parent.mkdir()
+    code, _, err = run_animate(capsys, "--source", source, *drive, "--out", out, "--checkpoint", tiny_checkpoint)
+    expected = {"no_face": "no face found", "undecodable": "broken.mp4", "shape": "(T, 68, 2)", "nan": "NaN"}[case]
+    assert code == 2 and expected in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert list(out.parent.iterdir()) == []  # no partial or temporary file
