@@ -107,8 +107,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return convert(cfg)
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Load a YAML file into `cls`; every problem is reported with the file name."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file; problems are one line naming the file."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -118,6 +118,12 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load a YAML file into `cls`; every problem is reported with the file name."""
+    data = read_yaml(path)
     try:
         return from_dict(cls, data)
     except ConfigError as e:

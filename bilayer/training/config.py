@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from bilayer.config import PRESETS, ConfigError, ModelConfig, from_dict, to_dict
+from bilayer.config import PRESETS, ConfigError, ModelConfig, from_dict, read_yaml, to_dict
 from bilayer.losses import LossWeights
 
 
@@ -140,15 +140,7 @@ def train_config(data: dict[str, Any], overrides: list[str] = ()) -> TrainConfig
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Load a YAML training config; every problem is one line naming the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    data = read_yaml(path)
     try:
         return train_config(data, list(overrides))
     except ConfigError as e:
