@@ -9,6 +9,10 @@ Layout of a `.pt` file (a dict of plain tensors and JSON-like values, loadable w
      "meta": {...free-form run metadata: stage, iteration, active perceptual nets...},
      ...optional training state under other keys (optimizers, RNG, loss weights)}
 
+An *inference* checkpoint (`inference_checkpoint`, e.g. the shipped demo model) keeps only the
+networks that avatars use (no discriminator), optionally with float16 weights; `meta["networks"]`
+lists what it holds and `load_model` accepts it (the discriminator stays untrained).
+
 Writes are atomic (temporary file in the same folder + fsync + os.replace), so an interrupted
 save never leaves a truncated checkpoint in place of a good one.
 """
@@ -27,6 +31,8 @@ from bilayer.errors import InputError
 from bilayer.nets import BilayerModel
 
 FORMAT, VERSION = "bilayer", 1
+#: The networks an avatar needs: initialization (E, G_tex, G_upd) and per-frame rendering (G).
+INFERENCE_NETWORKS = ("embedder", "texture_generator", "updater", "inference_generator")
 
 
 def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -95,9 +101,31 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     except ConfigError as e:
         raise InputError(f"{path}: {e}") from None
     model = BilayerModel(cfg)
+    networks = ckpt.get("meta", {}).get("networks")
     try:
-        model.load_state_dict(ckpt["model"])
+        if networks is None:
+            model.load_state_dict(ckpt["model"])
+        else:  # an inference checkpoint: every key of the networks it names must be there
+            missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+            missing = [k for k in missing if k.split(".")[0] in networks]
+            if missing or unexpected:
+                raise RuntimeError(f"{'missing' if missing else 'unexpected'} key {(missing or unexpected)[0]!r}")
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise InputError(f"{path}: weights do not match the model config ({first})") from None
     return model.to(map_location), ckpt
+
+
+def inference_checkpoint(src: str | Path, dst: str | Path, half: bool = True, meta: dict[str, Any] | None = None) -> Path:
+    """Write the avatar networks of checkpoint `src` to `dst` (no discriminator, no training
+    state), with float16 parameters if `half` (buffers such as BatchNorm statistics and spectral
+    norm vectors stay float32); `meta` is merged into the source's metadata."""
+    ckpt = read_checkpoint(src)
+    params = {name for name, _ in BilayerModel(from_dict(ModelConfig, ckpt["model_config"])).named_parameters()}
+    weights = {key: value.half() if half and key in params else value
+               for key, value in ckpt["model"].items() if key.split(".")[0] in INFERENCE_NETWORKS}
+    meta = {**ckpt.get("meta", {}), **(meta or {}), "networks": list(INFERENCE_NETWORKS),
+            "weights_dtype": "float16" if half else "float32"}
+    atomic_save({"format": FORMAT, "version": VERSION, "model_config": ckpt["model_config"], "model": weights,
+                 "meta": meta}, dst)
+    return Path(dst)

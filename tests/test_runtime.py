@@ -134,8 +134,8 @@ def test_backends_match_torch_fp32(backend):
         assert (out - ref).abs().max() <= 1e-4
     elif backend == "torch/bf16":
         assert psnr(out.numpy(), ref.numpy()) >= 40
-    else:  # per-tensor uint8 activations of 4-16 channel layers: the tiny net is the worst case
-        assert psnr(out.numpy(), ref.numpy()) >= 30  # (medium: >= 40 dB, benchmarks/runtime.py)
+    else:  # per-tensor uint8 activations: int8 is the least exact path (benchmarks/runtime.py
+        assert psnr(out.numpy(), ref.numpy()) >= 30  # prints medium at ~35 dB; bf16 is the >= 40 dB one)
 
 
 def test_unknown_backend_is_an_input_error():
@@ -237,3 +237,62 @@ def test_animate_bad_input_is_one_line_and_leaves_no_file(case, media_dir, tiny_
     assert code == 2 and expected in err
     assert len(err.strip().splitlines()) == 1, err
     assert list(out.parent.iterdir()) == []  # no partial or temporary file
+
+
+def test_track_then_animate_from_the_stored_track(media_dir, sample_video, tiny_checkpoint, tmp_path, capsys):
+    track = tmp_path / "drive.npy"
+    assert main(["track", str(sample_video), "--out", str(track), "--quiet"]) == 0
+    assert "50 frames at 25 fps" in capsys.readouterr().out
+    keypoints = np.load(track)
+    assert keypoints.shape == (50, 68, 2) and np.isfinite(keypoints).all() and np.abs(keypoints).max() < 1.5
+    # The same keypoints as driving with the video itself (one detector, one smoothed crop).
+    from bilayer.runtime.pipeline import track_video
+
+    _, frames = track_video(sample_video, 64, None)
+    np.testing.assert_allclose(keypoints, np.stack([f.keypoints for f in frames]), atol=1e-6)
+    out = tmp_path / "from_track.mp4"
+    code, _, _ = run_animate(capsys, "--source", media_dir / "bob" / "portrait.png", "--keypoints", track,
+                             "--out", out, "--checkpoint", tiny_checkpoint, "--relative", "--fps", "25")
+    assert code == 0 and probe(out) == (50, (64, 64), 25.0, 0)
+
+
+def test_track_of_a_faceless_video_is_one_line(tmp_path, capsys):
+    from bilayer.data.samples import encode_video, load_photo
+
+    cat = load_photo("chelsea")[:256, :256]
+    video = encode_video(tmp_path / "cat.mp4", np.stack([cat] * 5), 25, "mpeg4", audio=False)
+    out = tmp_path / "cat.npy"
+    assert main(["track", str(video), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cat.mp4: no face found" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_contact_sheet_spreads_rows_over_a_stream_of_unknown_length(tmp_path):
+    from bilayer.runtime.sheet import ContactSheet
+
+    sheet = ContactSheet(rows=4)
+    for i in range(1000):
+        sheet.add(i, np.full((8, 24, 3), i % 256, np.uint8))
+    assert len(sheet.kept) <= 8  # bounded memory
+    indices = [i for i, _ in sheet.kept]
+    assert indices[0] == 0 and indices[-1] >= 1000 - 2 * sheet.stride
+    path = sheet.write(tmp_path / "sheet.png")
+    import cv2
+
+    image = cv2.imread(str(path))
+    assert image.shape == (24 + 4 * 8, 24, 3)
+
+
+def test_demo_writes_video_side_by_side_and_contact_sheet(tiny_checkpoint, tmp_path, capsys):
+    from bilayer.cli.demo import DEMO_TRACK
+
+    frames = len(np.load(DEMO_TRACK))
+    assert main(["demo", "--out", str(tmp_path), "--checkpoint", str(tiny_checkpoint), "--quiet"]) == 0
+    assert f"demo: {frames} frames" in capsys.readouterr().out
+    assert probe(tmp_path / "output.mp4") == (frames, (64, 64), 25.0, 0)
+    assert probe(tmp_path / "side_by_side.mp4") == (frames, (3 * 64, 64), 25.0, 0)
+    import cv2
+
+    assert cv2.imread(str(tmp_path / "contact_sheet.png")).shape == (24 + 6 * 64, 3 * 64, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["contact_sheet.png", "output.mp4", "side_by_side.mp4"]

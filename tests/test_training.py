@@ -242,6 +242,26 @@ def test_sigterm_finishes_the_iteration_saves_and_stops(dataset_dir, tmp_path):
     assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["progress"] == {"stage": "base", "iteration": 2}
 
 
+def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_stops(dataset_dir, tmp_path):
+    """Schedulers (and `timeout`, `kill -- -PGID`) signal every process of a job: the loader
+    workers must leave the stop to the trainer instead of dying under it."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bilayer", "train", "--config", str(TINY_YAML), "--data", str(dataset_dir),
+           "--out", str(run), "base.iterations=100000", "num_workers=1", "log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and log.read_text().count("\n") >= 2) and proc.poll() is None:
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    progress = read_checkpoint(run / "checkpoints" / "last.pt")["progress"]
+    assert progress["stage"] == "base" and progress["iteration"] >= 2
+
+
 def test_truncated_checkpoint_and_reused_run_dir_are_one_line_errors(dataset_dir, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--config", str(TINY_YAML), "--data", str(dataset_dir), "--out", str(run)]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from bilayer.metrics.evaluation import METHODS, Evaluation
-from bilayer.metrics.images import to_uint8
+from bilayer.metrics.images import labelled_grid, to_uint8, write_png
 
 #: Table 2's columns: (JSON key, header).
 COLUMNS = (
@@ -82,19 +82,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 def write_grid(ev: Evaluation, path: str | Path, max_rows: int = 8) -> Path:
     """PNG with one row per clip (its first pair): source | target | ours, as they were scored."""
-    import cv2
-
     rows = []
     for ex in ev.examples[:max_rows]:
         cells = to_uint8(torch.cat([ex.source, ex.target, ex.ours]))  # (3, H, W, 3)
         rows.append(np.concatenate(list(cells), axis=1))  # (H, 3W, 3)
-    grid = np.concatenate(rows, axis=0)
-    header = np.zeros((24, grid.shape[1], 3), np.uint8)
-    w = grid.shape[1] // 3
-    for i, label in enumerate(("source", "target", "ours")):
-        cv2.putText(header, label, (i * w + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.concatenate([header, grid])[..., ::-1]):
-        raise OSError(f"{path}: could not write the PNG")
-    return path
+    return write_png(path, labelled_grid(rows, ("source", "target", "ours")))

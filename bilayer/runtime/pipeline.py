@@ -14,6 +14,7 @@ source pose), so the output keeps the driver's frame count and stays in sync wit
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from bilayer.metrics.images import to_uint8
 from bilayer.runtime.avatar import Avatar
 from bilayer.runtime.backends import check_backend
 from bilayer.runtime.motion import RelativeMotion
+from bilayer.runtime.sheet import ContactSheet
 from bilayer.runtime.video import check_output_path, open_video
 
 #: The demo checkpoint shipped with the package (the default of `bilayer animate` once it exists).
@@ -109,6 +111,27 @@ def track_video(path: Path, size: int, max_frames: int | None) -> tuple[float, I
     return reader.info.fps, frames()
 
 
+def record_track(video: str | Path, max_frames: int | None = None, progress: bool = True) -> tuple[float, np.ndarray, int]:
+    """(fps, (T, 68, 2) float32 track, faceless frame count) of a driving video, for `--keypoints`.
+
+    Frames without a face repeat the last keypoints (the ones before the first face take the
+    first found), so the track keeps the video's frame count and timing.
+    """
+    video = Path(video)
+    if not video.is_file():
+        raise InputError(f"{video}: driver video not found")
+    fps, frames = track_video(video, 256, max_frames)
+    found = [f.keypoints for f in tqdm(frames, unit="frame", disable=not progress, desc="track")]
+    first = next((k for k in found if k is not None), None)
+    if first is None:
+        raise InputError(f"{video}: no face found in any frame")
+    track, last = [], first
+    for k in found:
+        last = last if k is None else k
+        track.append(last)
+    return fps, np.stack(track).astype(np.float32), sum(k is None for k in found)
+
+
 def stickman(keypoints: np.ndarray, size: int) -> np.ndarray:
     """The landmark image of (68, 2) normalized keypoints, (S, S, 3) uint8 (driver panel of a track)."""
     from bilayer.data.landmarks import draw_landmarks, pixel_keypoints
@@ -142,11 +165,15 @@ class Driving:
 
 def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None = None, driver: str | Path | None = None,
             keypoints: str | Path | None = None, options: AnimateOptions = AnimateOptions(),
-            progress: bool = True) -> AnimateResult:
+            progress: bool = True, side_by_side_out: str | Path | None = None,
+            contact_sheet: str | Path | None = None) -> AnimateResult:
+    """Write `out` (and, from the same pass, a source | driver | result video `side_by_side_out`
+    and a PNG `contact_sheet` of such rows, when given)."""
     # 1. Inputs.
     if (driver is None) == (keypoints is None):
         raise InputError("give exactly one of a driver video or a keypoint track")
     out = check_output_path(out)
+    side_by_side_out = None if side_by_side_out is None else check_output_path(side_by_side_out)
     source = Path(source)
     if not source.is_file():
         raise InputError(f"{source}: source photo not found")
@@ -173,23 +200,30 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
 
     # 4-5. Motion, render, encode.
     driving = Driving(avatar.source_face.keypoints, options.relative)
-    width = size * (3 if options.side_by_side else 1)
     times, faceless = [], 0
     audio = Path(driver) if driver is not None else None
-    with open_video(out, fps, width, size, audio_from=audio) as writer:
+    sheet = ContactSheet() if contact_sheet is not None else None
+    with contextlib.ExitStack() as outputs:
+        writer = outputs.enter_context(open_video(out, fps, size * (3 if options.side_by_side else 1), size, audio))
+        panels = None if side_by_side_out is None else outputs.enter_context(open_video(side_by_side_out, fps, 3 * size, size, audio))
         bar = tqdm(frames, total=total, unit="frame", disable=not progress, desc="animate")
-        for frame in bar:
+        for index, frame in enumerate(bar):
             faceless += frame.keypoints is None
             t0 = time.perf_counter()
             image, _ = avatar.render(driving(frame.keypoints))
             times.append(time.perf_counter() - t0)
             result = to_uint8(image)[0]
-            if options.side_by_side:
-                result = np.concatenate([avatar.source_face.image, frame.view, result], axis=1)
-            writer.write(result)
+            panel = np.concatenate([avatar.source_face.image, frame.view, result], axis=1)
+            writer.write(panel if options.side_by_side else result)
+            if panels is not None:
+                panels.write(panel)
+            if sheet is not None:
+                sheet.add(index, panel)
             bar.set_postfix(render_ms=f"{1000 * times[-1]:.1f}")
         if track is None and faceless == writer.frames:
             raise InputError(f"{driver}: no face found in any frame")
         has_audio = writer.has_audio
+    if sheet is not None:
+        sheet.write(contact_sheet)
     frame_ms = 1000 * float(np.median(times)) if times else 0.0
     return AnimateResult(out, len(times), fps, has_audio, faceless, init_ms, frame_ms)

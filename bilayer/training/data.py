@@ -76,9 +76,12 @@ class SeededItems(Dataset):
             np.random.set_state(np_state)
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group: the trainer handles it, the loader workers ignore it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C (SIGINT) reaches the whole process group and schedulers send SIGTERM to every process
+    of a job: the trainer handles them (save, stop), so the loader workers ignore them; they end
+    with the trainer."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def stream(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, start: int, workers: int, pin: bool) -> Iterator[dict]:
@@ -87,7 +90,7 @@ def stream(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, 
     # Own generator: creating the iterator draws the workers' base seed, not from the global RNG.
     loader = DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=pin, drop_last=True, generator=torch.Generator().manual_seed(seed),
-                        worker_init_fn=_ignore_sigint)
+                        worker_init_fn=_ignore_stop_signals)
     return iter(loader)
 
 
