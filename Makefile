@@ -34,7 +34,8 @@ demo-model: setup
 		$(if $(wildcard runs/demo/checkpoints/last.pt),--resume)
 	$(PY) scripts/ship_demo_model.py runs/demo/checkpoints/final.pt bilayer/assets/demo.pt
 	$(BILAYER) track demo/videos/driving/biden_drive.mp4 --out bilayer/assets/demo_track.npy
-	$(BILAYER) evaluate --data demo/data_heldout --split all --json demo/eval_heldout.json --grid demo/eval_heldout.png
+	$(BILAYER) evaluate --data demo/data_heldout --split all --clips-per-identity 7 \
+		--json demo/eval_heldout.json --grid demo/eval_heldout.png
 
 bench: setup
 	mkdir -p runs/bench

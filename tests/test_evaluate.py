@@ -37,6 +37,21 @@ def test_targets_are_taken_at_one_fps():
     assert target_frames(np.arange(20), fps=25) == [] and target_frames(np.zeros(1), fps=0) == []
 
 
+def test_clip_selection_first_clips_of_each_identity():
+    from types import SimpleNamespace
+
+    from bilayer.metrics.evaluation import select_clips
+
+    def clip(identity, k, frames=100):
+        return SimpleNamespace(clip_id=f"{identity}/{k}", identity=identity, num_frames=frames, fps=25.0)
+
+    data = SimpleNamespace(clips=[clip("b", 2), clip("a", 1, frames=1), clip("b", 0), clip("a", 0), clip("b", 1),
+                                  clip("a", 2)])
+    assert [c.clip_id for c in select_clips(data, 50)] == ["a/0", "b/0"]  # the paper: one per identity
+    assert [c.clip_id for c in select_clips(data, 50, per_identity=2)] == ["a/0", "a/2", "b/0", "b/1"]  # a/1: 1 frame
+    assert [c.clip_id for c in select_clips(data, 3, per_identity=5)] == ["a/0", "a/2", "b/0"]
+
+
 def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, checkpoint):
     model, _ = load_model(checkpoint)
     calls = []

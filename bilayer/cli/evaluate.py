@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, metavar="F",
                    help="identities held out as test (default: the checkpoint's training config, else 0.05)")
     p.add_argument("--max-clips", type=int, default=50, metavar="N", help="clips (one per identity); paper: 50")
+    p.add_argument("--clips-per-identity", type=int, default=1, metavar="K",
+                   help="clips of each identity (paper: 1; more for test sets with few identities)")
     p.add_argument("--metrics", default="lpips,ssim,csim,nme", help="comma-separated registered metrics")
     p.add_argument("--lpips-backbone", type=Path, metavar="FILE",
                    help="torchvision ImageNet weights of the LPIPS backbone "
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in list_metrics()]
     if unknown:
         raise InputError(f"--metrics: unknown {unknown[0]!r} (known: {', '.join(list_metrics())})")
-    if args.max_clips < 1:
-        raise InputError("--max-clips must be >= 1")
+    if args.max_clips < 1 or args.clips_per_identity < 1:
+        raise InputError("--max-clips and --clips-per-identity must be >= 1")
     if args.checkpoint == DEMO_CHECKPOINT and not DEMO_CHECKPOINT.is_file():
         raise InputError(f"{DEMO_CHECKPOINT}: the demo model is not in this installation; pass --checkpoint C")
     model, ckpt = load_model(args.checkpoint)
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         except MetricUnavailable as e:
             unavailable[name] = str(e)
     torch.manual_seed(0)
-    cfg = EvalConfig(split=args.split, test_fraction=test_fraction, max_clips=args.max_clips)
+    cfg = EvalConfig(split=args.split, test_fraction=test_fraction, max_clips=args.max_clips,
+                     clips_per_identity=args.clips_per_identity)
     ev = evaluate(model, args.data, metrics, cfg)
     meta = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
             "test_fraction": test_fraction, "clips": ev.clips}

@@ -43,6 +43,7 @@ class EvalConfig:
     split: Split = "test"
     test_fraction: float = DatasetConfig.test_fraction  # must match the training run's split
     max_clips: int | None = 50  # the paper's 50 test videos, one per identity
+    clips_per_identity: int = 1  # more for test sets with few identities
     target_rate: float = 1.0  # targets per second of video (1 FPS)
 
 
@@ -104,13 +105,15 @@ def target_frames(frame_index: np.ndarray, fps: float, rate: float = 1.0) -> lis
     return targets
 
 
-def select_clips(dataset: PairDataset, max_clips: int | None) -> list[ClipRecord]:
-    """Clips with at least one target, one per identity (the first by clip id), at most max_clips."""
-    chosen: dict[str, ClipRecord] = {}
-    for clip in dataset.clips:
-        if clip.identity not in chosen and clip.num_frames > 1 and clip.fps > 0:
-            chosen[clip.identity] = clip
-    clips = sorted(chosen.values(), key=lambda c: c.clip_id)
+def select_clips(dataset: PairDataset, max_clips: int | None, per_identity: int = 1) -> list[ClipRecord]:
+    """Clips with at least one target, the first `per_identity` of each identity by clip id (the
+    paper: one), at most max_clips."""
+    chosen: dict[str, list[ClipRecord]] = {}
+    for clip in sorted(dataset.clips, key=lambda c: c.clip_id):
+        picked = chosen.setdefault(clip.identity, [])
+        if len(picked) < per_identity and clip.num_frames > 1 and clip.fps > 0:
+            picked.append(clip)
+    clips = sorted((c for picked in chosen.values() for c in picked), key=lambda c: c.clip_id)
     return clips[:max_clips] if max_clips is not None else clips
 
 
@@ -125,7 +128,7 @@ def evaluate(
     """Run the protocol on the `cfg.split` clips of dataset `data` with the given metrics."""
     dataset = PairDataset(data, cfg.split, DatasetConfig(
         image_size=model.cfg.image_size, flip_probability=0.0, test_fraction=cfg.test_fraction))
-    clips = select_clips(dataset, cfg.max_clips)
+    clips = select_clips(dataset, cfg.max_clips, cfg.clips_per_identity)
     avatar = Avatar(model)
     result = Evaluation(scores={m: {name: [] for name in metrics} for m in METHODS})
     for clip in clips:
