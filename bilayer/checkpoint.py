@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bilayer.assets import DEMO_CHECKPOINT
 from bilayer.config import ConfigError, ModelConfig, from_dict, to_dict
 from bilayer.errors import InputError
 from bilayer.nets import BilayerModel
@@ -91,6 +92,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in ckpt:
             raise InputError(f"{path}: checkpoint has no {key!r}")
     return ckpt
+
+
+def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
+    """`checkpoint`, or the shipped demo model when None (a one-line error if it is not there)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if not DEMO_CHECKPOINT.is_file():
+        raise InputError(f"{DEMO_CHECKPOINT}: the demo model is not in this installation; pass --checkpoint C")
+    return DEMO_CHECKPOINT
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[BilayerModel, dict[str, Any]]:

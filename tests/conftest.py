@@ -50,3 +50,20 @@ def dataset_dir(media_dir, tmp_path_factory) -> Path:
     summary = run_preprocess([media_dir], out, progress=False)
     assert summary.clips_ok == 3 and not summary.skipped, summary
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random model with non-trivial BatchNorm statistics, saved as a checkpoint."""
+    import torch
+
+    from bilayer.checkpoint import save_checkpoint
+    from bilayer.nets import BilayerModel
+    from tests.nets_helpers import randomize_norm_stats, tiny_config
+
+    torch.manual_seed(0)
+    model = BilayerModel(tiny_config())
+    randomize_norm_stats(model)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model)
+    return path

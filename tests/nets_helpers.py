@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from bilayer.config import ModelConfig, model_config
 
@@ -29,3 +30,15 @@ def dummy_batch(cfg: ModelConfig, b: int = 2, seed: int = 0) -> dict[str, torch.
         "mask": torch.rand(b, 1, s, s, generator=g),
         "keypoints": torch.rand(b, cfg.num_keypoints, 2, generator=g) * 2 - 1,
     }
+
+
+def randomize_norm_stats(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics, so that folding them is actually exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.uniform_(0.5, 1.5, generator=g)
+                m.bias.data.normal_(0, 0.2, generator=g)

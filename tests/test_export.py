@@ -10,8 +10,7 @@ from bilayer.cli.main import main
 from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
 from bilayer.runtime.motion import motion_samples
-from tests.nets_helpers import dummy_batch, tiny_config
-from tests.test_runtime import randomize_norm_stats, tiny_checkpoint  # noqa: F401 (fixture)
+from tests.nets_helpers import dummy_batch, randomize_norm_stats, tiny_config
 
 ort = pytest.importorskip("onnxruntime")
 

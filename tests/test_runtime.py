@@ -5,43 +5,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.nn.utils import parametrize
 
-from bilayer.checkpoint import save_checkpoint
 from bilayer.cli.main import main
 from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
 from bilayer.runtime.fold import FrameNet, SubpixelUpConv3x3, UpConv3x3, fold_generator
 from bilayer.runtime.motion import RelativeMotion, hull_area, motion_samples
-from tests.nets_helpers import dummy_batch, tiny_config
-
-
-def randomize_norm_stats(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics, so that folding them is actually exercised."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.uniform_(0.5, 1.5, generator=g)
-                m.bias.data.normal_(0, 0.2, generator=g)
+from tests.nets_helpers import dummy_batch, randomize_norm_stats, tiny_config
 
 
 def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
     """||a - ref|| / ||ref|| (Frobenius)."""
     return float(torch.linalg.vector_norm(a - ref) / torch.linalg.vector_norm(ref))
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = BilayerModel(tiny_config())
-    randomize_norm_stats(model)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model)
-    return path
 
 
 def test_up_conv_equals_conv_of_nearest_upsampling():
@@ -285,7 +261,7 @@ def test_contact_sheet_spreads_rows_over_a_stream_of_unknown_length(tmp_path):
 
 
 def test_demo_writes_video_side_by_side_and_contact_sheet(tiny_checkpoint, tmp_path, capsys):
-    from bilayer.cli.demo import DEMO_TRACK
+    from bilayer.assets import DEMO_TRACK
 
     frames = len(np.load(DEMO_TRACK))
     assert main(["demo", "--out", str(tmp_path), "--checkpoint", str(tiny_checkpoint), "--quiet"]) == 0

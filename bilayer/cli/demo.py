@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEMO_TRACK = ASSETS / "demo_track.npy"
-DEMO_TRACK_FPS = 25.0
+from bilayer.assets import DEMO_TRACK, DEMO_TRACK_FPS
+
 DEMO_PHOTO = "grace_hopper"
 
 

@@ -10,13 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "demo.pt"
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="LPIPS/SSIM/CSIM/NME, GMACs and timings on test clips (paper Table 2)",
                        description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, metavar="C",
+    p.add_argument("--checkpoint", type=Path, metavar="C",
                    help="model checkpoint (default: the shipped demo model)")
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset written by `bilayer preprocess`")
     p.add_argument("--split", choices=("test", "train", "all"), default="test")
@@ -38,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bilayer.checkpoint import load_model
+    from bilayer.checkpoint import load_model, resolve_checkpoint
     from bilayer.errors import InputError
     from bilayer.metrics.complexity import frame_macs
     from bilayer.metrics.evaluation import EvalConfig, evaluate
@@ -51,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--metrics: unknown {unknown[0]!r} (known: {', '.join(list_metrics())})")
     if args.max_clips < 1 or args.clips_per_identity < 1:
         raise InputError("--max-clips and --clips-per-identity must be >= 1")
-    if args.checkpoint == DEMO_CHECKPOINT and not DEMO_CHECKPOINT.is_file():
-        raise InputError(f"{DEMO_CHECKPOINT}: the demo model is not in this installation; pass --checkpoint C")
-    model, ckpt = load_model(args.checkpoint)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model, ckpt = load_model(checkpoint)
     train_data = ckpt.get("meta", {}).get("train_config", {}).get("data", {})
     test_fraction = args.test_fraction if args.test_fraction is not None else train_data.get("test_fraction", 0.05)
     if args.split == "test" and train_data.get("split") == "all":
@@ -70,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvalConfig(split=args.split, test_fraction=test_fraction, max_clips=args.max_clips,
                      clips_per_identity=args.clips_per_identity)
     ev = evaluate(model, args.data, metrics, cfg)
-    meta = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+    meta = {"checkpoint": str(checkpoint), "data": str(args.data), "split": args.split,
             "test_fraction": test_fraction, "clips": ev.clips}
     results = results_json(ev, unavailable, frame_macs(model.cfg, model)["macs"] / 1e9, meta)
 

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bilayer.assets import DLIB_FACE_RESNET
 from bilayer.errors import InputError
 from bilayer.perceptual.weights import load_into, read_state_dict
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "dlib_face_resnet_v1.pt"
+DEFAULT_WEIGHTS = DLIB_FACE_RESNET  # the committed port
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 

@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from bilayer.checkpoint import resolve_checkpoint
 from bilayer.errors import InputError
 from bilayer.metrics.images import to_uint8
 from bilayer.runtime.avatar import Avatar
@@ -30,9 +31,6 @@ from bilayer.runtime.backends import check_backend
 from bilayer.runtime.motion import RelativeMotion
 from bilayer.runtime.sheet import ContactSheet
 from bilayer.runtime.video import check_output_path, open_video
-
-#: The demo checkpoint shipped with the package (the default of `bilayer animate` once it exists).
-DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo.pt"
 
 
 @dataclass(frozen=True)
@@ -60,14 +58,6 @@ class AnimateResult:
 class DriverFrame:
     keypoints: np.ndarray | None  # (68, 2) in [-1, 1] or None when no face was found
     view: np.ndarray  # (S, S, 3) uint8 RGB driver panel for --side-by-side (crop or stickman)
-
-
-def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
-    if checkpoint is not None:
-        return Path(checkpoint)
-    if not DEMO_CHECKPOINT.is_file():
-        raise InputError(f"no --checkpoint given and no demo checkpoint shipped at {DEMO_CHECKPOINT}")
-    return DEMO_CHECKPOINT
 
 
 def load_keypoint_track(path: str | Path) -> np.ndarray:
