@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from bilayer.config import ModelConfig, model_config
+from bilayer.nets import BilayerModel
 
 TINY = dict(
     image_size=64,
@@ -42,3 +43,17 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> None:
             if m.affine:
                 m.weight.data.uniform_(0.5, 1.5, generator=g)
                 m.bias.data.normal_(0, 0.2, generator=g)
+
+
+def tiny_avatar(backend: str = "torch", precision: str = "fp32"):
+    """(avatar, inputs): a seeded tiny model with non-trivial BatchNorm statistics, initialized
+    from a random source with keypoints and mask (the updater runs)."""
+    from bilayer.runtime import Avatar
+
+    torch.manual_seed(0)
+    model = BilayerModel(tiny_config())
+    randomize_norm_stats(model)
+    x = dummy_batch(model.cfg, b=1)
+    avatar = Avatar(model, backend, precision)
+    avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
+    return avatar, x

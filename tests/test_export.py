@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from bilayer.cli.main import main
-from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
 from bilayer.runtime.motion import motion_samples
-from tests.nets_helpers import dummy_batch, randomize_norm_stats, tiny_config
+from tests.nets_helpers import dummy_batch, tiny_avatar
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -24,13 +23,7 @@ from bilayer.export.onnx import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def avatar():
-    torch.manual_seed(0)
-    model = BilayerModel(tiny_config())
-    randomize_norm_stats(model)
-    x = dummy_batch(model.cfg, b=1)
-    avatar = Avatar(model)
-    avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
-    return avatar
+    return tiny_avatar()[0]
 
 
 def session(graph: onnx.ModelProto):

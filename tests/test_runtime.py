@@ -12,7 +12,7 @@ from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
 from bilayer.runtime.fold import FrameNet, SubpixelUpConv3x3, UpConv3x3, fold_generator
 from bilayer.runtime.motion import RelativeMotion, hull_area, motion_samples
-from tests.nets_helpers import dummy_batch, randomize_norm_stats, tiny_config
+from tests.nets_helpers import dummy_batch, randomize_norm_stats, tiny_avatar, tiny_config
 
 
 def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -77,12 +77,7 @@ def test_fold_rejects_a_batch_of_avatars():
 
 
 def test_render_of_source_keypoints_reproduces_the_init_render():
-    torch.manual_seed(0)
-    model = BilayerModel(tiny_config())
-    randomize_norm_stats(model)
-    x = dummy_batch(model.cfg, b=1)
-    avatar = Avatar(model)
-    avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
+    avatar, x = tiny_avatar()
     assert isinstance(avatar.frame_net, FrameNet)
     image, mask = avatar.render(x["keypoints"][0].numpy())
     ref_image, ref_mask = avatar.source_render

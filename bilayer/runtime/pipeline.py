@@ -203,12 +203,13 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
             image, _ = avatar.render(driving(frame.keypoints))
             times.append(time.perf_counter() - t0)
             result = to_uint8(image)[0]
-            panel = np.concatenate([avatar.source_face.image, frame.view, result], axis=1)
+            if options.side_by_side or panels is not None or sheet is not None:
+                panel = np.concatenate([avatar.source_face.image, frame.view, result], axis=1)
+                if panels is not None:
+                    panels.write(panel)
+                if sheet is not None:
+                    sheet.add(index, panel)
             writer.write(panel if options.side_by_side else result)
-            if panels is not None:
-                panels.write(panel)
-            if sheet is not None:
-                sheet.add(index, panel)
             bar.set_postfix(render_ms=f"{1000 * times[-1]:.1f}")
         if track is None and faceless == writer.frames:
             raise InputError(f"{driver}: no face found in any frame")
