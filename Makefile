@@ -27,14 +27,14 @@ demo: setup
 # About 2 h on 2 CPU cores, almost all of it training; preprocessing and training resume.
 BILAYER := $(VENV)/bin/bilayer
 demo-model: setup
-	$(PY) scripts/make_demo_data.py --out demo/videos --clips-per-photo 7 --seconds 4 --size 256
+	$(PY) scripts/make_demo_data.py --out demo/videos --clips-per-photo 6 --seconds 4 --size 256
 	$(BILAYER) preprocess demo/videos/train --out demo/data_train
 	$(BILAYER) preprocess demo/videos/heldout --out demo/data_heldout
 	$(BILAYER) train --config configs/demo.yaml --data demo/data_train --out runs/demo \
 		$(if $(wildcard runs/demo/checkpoints/last.pt),--resume)
 	$(PY) scripts/ship_demo_model.py runs/demo/checkpoints/final.pt bilayer/assets/demo.pt
 	$(BILAYER) track demo/videos/driving/biden_drive.mp4 --out bilayer/assets/demo_track.npy
-	$(BILAYER) evaluate --data demo/data_heldout --split all --clips-per-identity 7 \
+	$(BILAYER) evaluate --data demo/data_heldout --split all --clips-per-identity 6 \
 		--json demo/eval_heldout.json --grid demo/eval_heldout.png
 
 bench: setup

@@ -19,7 +19,6 @@ save never leaves a truncated checkpoint in place of a good one.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from bilayer.assets import DEMO_CHECKPOINT
 from bilayer.config import ConfigError, ModelConfig, from_dict, to_dict
 from bilayer.errors import InputError
 from bilayer.nets import BilayerModel
+from bilayer.runtime.files import atomic_path
 
 FORMAT, VERSION = "bilayer", 1
 #: The networks an avatar needs: initialization (E, G_tex, G_upd) and per-frame rendering (G).
@@ -44,19 +44,13 @@ def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to `path` atomically."""
+    """torch.save to `path` atomically, on disk (fsync) before it replaces an older file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None, **state: Any) -> None:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder (train/, heldout/, driving/, clips.json)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "bilayer" / "photos",
-                        help="where the face_recognition sdist with its photos is kept (default: %(default)s)")
+                        help="where the registry archives and their photos are kept (default: %(default)s)")
     parser.add_argument("--no-download", action="store_true", help="only the photos of installed packages")
     parser.add_argument("--clips-per-photo", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each clip")

@@ -1,14 +1,17 @@
 """Synthetic talking-head clips from registry photos (bilayer.data.synthetic).
 
-Core tests use the photos of installed packages (astronaut, Grace Hopper); only the test of the
-face_recognition sdist needs PyPI, and it skips when PyPI cannot be reached.
+Core tests use the photos of installed packages (astronaut, Grace Hopper); only the tests of the
+registry archives (PyPI sdist, npm tarballs) need the registries, and they skip without them.
 """
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bilayer.data.samples import SAMPLE_PHOTOS
 from bilayer.data.synthetic.animator import HeadAnimator
@@ -173,27 +176,53 @@ def test_sample_photos_of_installed_packages():
     assert all(p.path.is_file() for p in photos)
 
 
-def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("key, change, message", [
+    ("face_recognition", {"pip_requirement": "face_recognition==0.0.0.dev0"},  # no such release
+     r"cannot download face_recognition==0\.0\.0\.dev0 from PyPI"),
+    ("tracking", {"sha512": "0" * 88}, r"tracking-1\.1\.3\.tgz does not match its npm integrity digest"),
+])
+def test_failed_download_is_one_clear_line(tmp_path, monkeypatch, key, change, message):
+    """The second case needs npm (allowed in CI) and skips, after the same checks, without it."""
     from bilayer.data.synthetic import photos
 
-    monkeypatch.setattr(photos, "SDIST_REQUIREMENT", "face_recognition==0.0.0.dev0")  # no such release
-    with pytest.raises(InputError, match=r"cannot download face_recognition==0\.0\.0\.dev0 from PyPI") as e:
-        photos.sample_photos(tmp_path)
+    monkeypatch.setitem(photos.ARCHIVES, key, photos.ARCHIVES[key]._replace(**change))
+    with pytest.raises(InputError) as e:
+        photos.sample_photos(tmp_path, archives=(key,))
     assert "\n" not in str(e.value)
+    assert not list(tmp_path.glob("*.tgz")) and not list(tmp_path.glob("*.tar.gz"))  # nothing half-written kept
+    if key == "tracking" and "cannot download" in str(e.value):
+        pytest.skip(f"npm unreachable: {e.value}")
+    assert re.search(message, str(e.value))
+
+
+def test_a_group_photo_face_is_cut_out_as_a_square_inside_the_photo():
+    from bilayer.data.synthetic.photos import GROUP_CROP, _cut_face
+
+    image = Image.new("RGB", (400, 300))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    assert _cut_face(buffer.getvalue(), (200, 150, 50)).size == (round(GROUP_CROP * 50),) * 2
+    cut = _cut_face(buffer.getvalue(), (390, 10, 200))  # too big and at the corner: shifted, clipped
+    assert cut.size == (300, 300)
 
 
 @pytest.mark.slow
-def test_sample_photos_from_the_face_recognition_sdist(tmp_path):
-    """Needs PyPI (allowed in CI); skips with the reason when it cannot be reached."""
-    from bilayer.data.synthetic.photos import SDIST, sample_photos
+def test_sample_photos_from_the_registries(tmp_path):
+    """Needs PyPI and npm (allowed in CI); skips with the reason when they cannot be reached."""
+    from bilayer.data.synthetic.facemesh import face_mesh
+    from bilayer.data.synthetic.photos import ARCHIVE_PHOTOS, ARCHIVES, sample_photos
 
     try:
         photos = sample_photos(tmp_path)
     except InputError as e:
-        pytest.skip(f"PyPI unreachable: {e}")
+        pytest.skip(f"registry unreachable: {e}")
     names = {p.name: p.identity for p in photos}
-    assert names == {"astronaut": "astronaut", "grace_hopper": "grace_hopper", "obama": "obama", "obama2": "obama",
-                     "obama3": "obama", "biden": "biden"}
-    archive = tmp_path / f"{SDIST}.tar.gz"
-    stamp = archive.stat().st_mtime_ns
-    assert sample_photos(tmp_path) == photos and archive.stat().st_mtime_ns == stamp  # no second download
+    assert len(names) == len(ARCHIVE_PHOTOS) + 2 and names["obama2"] == names["obama4_crop"] == "obama"
+    assert len(set(names.values())) == 41
+    for photo in photos:  # one main face, found near the middle of every photo
+        image = np.asarray(Image.open(photo.path).convert("RGB"))
+        centre = face_mesh(image, str(photo.path))[:, :2].mean(0) / image.shape[1::-1]
+        assert np.all((centre > 0.15) & (centre < 0.85)), photo
+    stamps = {key: (tmp_path / a.file).stat().st_mtime_ns for key, a in ARCHIVES.items()}
+    assert sample_photos(tmp_path) == photos  # no second download
+    assert stamps == {key: (tmp_path / a.file).stat().st_mtime_ns for key, a in ARCHIVES.items()}

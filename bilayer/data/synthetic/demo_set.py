@@ -2,8 +2,8 @@
 
 Layout under OUT (identity folders, as `bilayer preprocess` expects with identity_from=folder):
 
-    train/<identity>/<photo>_<k>.mp4     training identities (obama: 3 photos, astronaut)
-    heldout/<identity>/<photo>_<k>.mp4   identities never seen in training (biden, grace_hopper)
+    train/<identity>/<photo>_<k>.mp4     training identities (37 people, 45 photos)
+    heldout/<identity>/<photo>_<k>.mp4   identities never seen in training (HELDOUT_IDENTITIES)
     driving/<photo>_drive.mp4            a longer held-out clip to drive the demo
     clips.json                           every file with its identity, photo, split and seed
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bilayer.data.synthetic.photos import Photo, sample_photos
 
-HELDOUT_IDENTITIES = ("biden", "grace_hopper")
+HELDOUT_IDENTITIES = ("audrey", "biden", "connery", "grace_hopper")  # two men, two women, four sources
 DRIVING_PHOTOS = ("biden", "grace_hopper")  # the first one available drives the demo
 
 
@@ -87,8 +87,8 @@ def make_demo_set(out_dir: str | Path, cache_dir: str | Path | None, clips_per_p
                   workers: int = 2, seed: int = 0, progress: bool = True) -> dict:
     """Write the whole video set and clips.json into `out_dir`; returns the manifest.
 
-    `cache_dir` holds the face_recognition sdist (see `sample_photos`; None: only the two photos
-    of installed packages). Clips are made in `workers` processes, deterministic per `seed`.
+    `cache_dir` holds the registry archives (see `sample_photos`; None: only the two photos of
+    installed packages). Clips are made in `workers` processes, deterministic per `seed`.
     """
     from bilayer.data.synthetic.clips import video_codec
 
