@@ -19,6 +19,7 @@ save never leaves a truncated checkpoint in place of a good one.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +98,25 @@ def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
     return DEMO_CHECKPOINT
 
 
+def updater_trained(meta: dict[str, Any]) -> bool:
+    """False for a checkpoint of a run that has not trained G_upd yet (the base stage, and base.pt,
+    written at updater iteration 0): M steps of an untrained updater scramble the texture."""
+    stage, iteration = meta.get("stage"), meta.get("iteration")
+    return not (stage == "base" or (stage == "updater" and iteration == 0))
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[BilayerModel, dict[str, Any]]:
-    """Build the model from the checkpoint's config and load its weights. Returns (model, ckpt)."""
+    """Build the model from the checkpoint's config and load its weights. Returns (model, ckpt).
+
+    A checkpoint whose updater is untrained gets `upd_steps = 0`: its avatars use G_tex's texture.
+    """
     ckpt = read_checkpoint(path)
     try:
         cfg = from_dict(ModelConfig, ckpt["model_config"])
     except ConfigError as e:
         raise InputError(f"{path}: {e}") from None
+    if not updater_trained(ckpt.get("meta", {})):
+        cfg = replace(cfg, upd_steps=0)
     model = BilayerModel(cfg)
     networks = ckpt.get("meta", {}).get("networks")
     try:

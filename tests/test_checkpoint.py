@@ -57,3 +57,18 @@ def test_inference_checkpoint_missing_a_network_key_is_one_line(trained_like, tm
     torch.save(ckpt, slim)
     with pytest.raises(InputError, match=f"{slim}: weights do not match.*missing key '{key}'"):
         load_model(slim)
+
+
+@pytest.mark.parametrize("meta, steps", [
+    ({"stage": "base", "iteration": 1200}, 0),  # a mid-training checkpoint: G_upd untrained
+    ({"stage": "updater", "iteration": 0}, 0),  # base.pt, written as the updater stage starts
+    ({"stage": "updater", "iteration": 300}, 4),
+    ({}, 4),  # no training metadata: the config's M
+])
+def test_checkpoints_before_the_updater_stage_render_without_updater_steps(tmp_path, meta, steps):
+    cfg = tiny_config("small")
+    assert cfg.upd_steps == 4
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, BilayerModel(cfg), meta)
+    model, ckpt = load_model(path)
+    assert model.cfg.upd_steps == steps and ckpt["model_config"]["upd_steps"] == 4
