@@ -95,6 +95,10 @@ def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
     assert 0 < copy["ssim"] < 1 and 0 < copy["csim"] < 1 and copy["nme"] > 0  # the head moves in 1 s
     ours = results["ours"]
     assert 0 <= ours["csim"] <= 1 and ours["ssim"] < copy["ssim"]  # a random model is worse than copying
+    assert 0 < results["background_windows"] < 1
+    for row in (ours, copy):  # the SSIM split into the target's background windows and the rest
+        assert row["ssim_foreground"] < 1 and row["ssim_background"] <= 1
+    assert copy["ssim_background"] > ours["ssim_background"]  # black where the source's true mask is 0
     model, _ = load_model(checkpoint)
     assert ours["gmacs"] == pytest.approx(frame_macs(model.cfg, model)["macs"] / 1e9)
     assert ours["init_ms"] > 0 and ours["inference_ms"] > 0
@@ -102,7 +106,7 @@ def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
     table = capsys.readouterr().out
     header = table.splitlines()[0].split()
     assert header == ["Method", "LPIPS↓", "SSIM↑", "CSIM↑", "NME↓", "GMACs↓", "Init.(ms)↓", "Inf.(ms)↓"]
-    assert "Copy source" in table and "ArcFace" in table and "LPIPS: n/a" in table
+    assert "Copy source" in table and "ArcFace" in table and "LPIPS: n/a" in table and "SSIM by region" in table
 
     image = cv2.imread(str(grid))
     assert image.shape == (24 + 2 * 64, 3 * 64, 3)  # header + one row per clip; source | target | ours

@@ -16,7 +16,7 @@ from bilayer.metrics.images import to_uint8
 from bilayer.metrics.lpips import BACKBONES, LPIPS, lpips_heads_file, load_lpips
 from bilayer.metrics.nme import NME, eye_distance, nme
 from bilayer.metrics.registry import MetricOptions, MetricUnavailable, build_metric, list_metrics, metric_spec
-from bilayer.metrics.ssim import ssim
+from bilayer.metrics.ssim import background_windows, ssim, ssim_by_region
 
 needs_lpips = pytest.mark.skipif(importlib.util.find_spec("lpips") is None,
                                  reason="the lpips package (bilayer[eval]) is not installed")
@@ -60,6 +60,23 @@ def test_ssim_identical_is_one_and_registered():
     assert torch.equal(scorer(a, b, torch.zeros(2, 68, 2)), ssim(a, b))
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(a[..., :8, :8], b[..., :8, :8])
+
+
+def test_ssim_by_region_splits_the_windows_by_the_target_mask():
+    a, b = rand_images(size=40)
+    mask = torch.zeros(2, 1, 40, 40)
+    mask[..., :, :20] = 1  # person on the left half
+    b[..., 20:] = a[..., 20:]  # the right half (background) copied exactly
+    background = background_windows(mask)  # (2, 30, 30): windows starting at column >= 20
+    assert background.shape == (2, 30, 30)
+    assert background[:, :, 20:].all() and not background[:, :, :20].any()
+    fg, bg = ssim_by_region(b, a, background)
+    assert torch.allclose(bg, torch.ones(2), atol=1e-6)  # identical where copied
+    assert (fg < 0.99).all()
+    share = background.float().mean(dim=(1, 2))  # 1/3 of the windows
+    assert torch.allclose(share * bg + (1 - share) * fg, ssim(b, a), atol=1e-6)  # the split is exact
+    fg, bg = ssim_by_region(b, a, background_windows(torch.ones(2, 1, 40, 40)))
+    assert torch.isnan(bg).all() and torch.allclose(fg, ssim(b, a))  # no background window: NaN, not 0
 
 
 # ----------------------------------------------------------------------------- LPIPS

@@ -14,7 +14,9 @@ dataset mask. Unlike the official code, the target is not cut with the *predicte
 empty mask cannot score well.
 
 The copy-source baseline (output = the source frame, cut with its own dataset mask) is scored on
-the same pairs with the same metrics, so no number is read alone.
+the same pairs with the same metrics, so no number is read alone. With SSIM, both are also scored
+on the windows wholly in the target's background and on the rest (`SSIM_REGIONS`), which shows
+how much of a gap is the predicted mask's.
 """
 from __future__ import annotations
 
@@ -32,10 +34,12 @@ from bilayer.data.store import ClipReader, ClipRecord
 from bilayer.errors import InputError
 from bilayer.losses import apply_mask
 from bilayer.metrics.registry import PairMetric
+from bilayer.metrics.ssim import background_windows, ssim_by_region
 from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
 
 METHODS = ("ours", "copy_source")
+SSIM_REGIONS = ("ssim_foreground", "ssim_background")  # scored alongside "ssim"
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,13 @@ class PairBatch:
     clip_id: str
     source: Tensor  # (T, 3, H, W) in [-1, 1], masked source (the copy-source output)
     target: Tensor  # (T, 3, H, W) in [-1, 1], masked target
+    target_mask: Tensor  # (T, 1, H, W) in [0, 1], the target's dataset mask
     target_keypoints: Tensor  # (T, 68, 2) normalized
     ours: Tensor  # (T, 3, H, W) in [-1, 1], masked model output
 
     def first(self) -> "PairBatch":
-        return PairBatch(self.clip_id, self.source[:1], self.target[:1], self.target_keypoints[:1], self.ours[:1])
+        return PairBatch(self.clip_id, self.source[:1], self.target[:1], self.target_mask[:1],
+                         self.target_keypoints[:1], self.ours[:1])
 
 
 @dataclass
@@ -66,6 +72,7 @@ class Evaluation:
     """Per-pair scores of every method and metric, plus the timings of the model."""
 
     scores: dict[str, dict[str, list[Tensor]]]  # method -> metric -> per-clip (T,) scores
+    background: list[Tensor] = field(default_factory=list)  # per clip (T,): share of SSIM windows in the background
     init_ms: list[float] = field(default_factory=list)  # one per clip
     inference_ms: list[float] = field(default_factory=list)  # one per rendered frame
     clips: list[str] = field(default_factory=list)
@@ -130,7 +137,8 @@ def evaluate(
         image_size=model.cfg.image_size, flip_probability=0.0, test_fraction=cfg.test_fraction))
     clips = select_clips(dataset, cfg.max_clips, cfg.clips_per_identity)
     avatar = Avatar(model)
-    result = Evaluation(scores={m: {name: [] for name in metrics} for m in METHODS})
+    names = [*metrics, *(SSIM_REGIONS if "ssim" in metrics else ())]
+    result = Evaluation(scores={m: {name: [] for name in names} for m in METHODS})
     for clip in clips:
         with ClipReader(dataset.root / clip.file) as reader:
             keypoints = reader.array("keypoints")  # (T, 68, 2)
@@ -140,10 +148,14 @@ def evaluate(
             source = dataset._frame(reader, keypoints[0], 0, False, "source")
             targets = [dataset._frame(reader, keypoints[i], i, False, "target") for i in indices]
         batch = _run_clip(avatar, clip.clip_id, source, targets, result)
+        background = background_windows(batch.target_mask)  # (T, H - 10, W - 10)
         for method, output in (("ours", batch.ours), ("copy_source", batch.source)):
-            for name, metric in metrics.items():
-                scores = metric(output, batch.target, batch.target_keypoints)  # (T,)
-                result.scores[method][name].append(scores.float().cpu())
+            scores = {name: metric(output, batch.target, batch.target_keypoints) for name, metric in metrics.items()}
+            if "ssim" in metrics:
+                scores.update(zip(SSIM_REGIONS, ssim_by_region(output, batch.target, background)))
+            for name, values in scores.items():  # (T,) each
+                result.scores[method][name].append(values.float().cpu())
+        result.background.append(background.float().mean(dim=(1, 2)))
         result.clips.append(clip.clip_id)
         result.examples.append(batch.first())
     if not result.clips:
@@ -174,10 +186,12 @@ def _run_clip(
         outputs.append(apply_mask(image, mask)[0])
     n = len(targets)
     masked_source = apply_mask(source["source_image"], source["source_mask"])  # (3, H, W)
+    target_mask = _stack(targets, "target_mask")
     return PairBatch(
         clip_id=clip_id,
         source=masked_source.expand(n, -1, -1, -1),
-        target=apply_mask(_stack(targets, "target_image"), _stack(targets, "target_mask")),
+        target=apply_mask(_stack(targets, "target_image"), target_mask),
+        target_mask=target_mask,
         target_keypoints=_stack(targets, "target_keypoints"),
         ours=torch.stack(outputs),
     )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bilayer.metrics.evaluation import METHODS, Evaluation
+from bilayer.metrics.evaluation import METHODS, SSIM_REGIONS, Evaluation
 from bilayer.metrics.images import labelled_grid, to_uint8, write_png
 
 #: Table 2's columns: (JSON key, header).
@@ -33,8 +33,9 @@ def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta
     for method in METHODS:
         computed = ev.scores[method]
         row: dict[str, float | None] = {m: ev.mean(method, m) if m in computed else None for m in IMAGE_METRICS}
-        if "nme" in ev.scores[method]:
+        if "nme" in computed:
             row["nme_no_face"] = ev.unscored(method, "nme")
+        row.update({m: ev.mean(method, m) for m in SSIM_REGIONS if m in computed})
         out[method] = row
     out["ours"].update(
         gmacs=gmacs,
@@ -48,8 +49,12 @@ def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta
         "timing": f"median over clips (init) and frames (inference, batch 1) on this machine's CPU with "
                   f"{torch.get_num_threads()} threads; the paper: NVIDIA P40, median of 1000 runs",
         "images": "foreground only: output cut with its predicted mask, target and source with their dataset masks",
+        "ssim_regions": "SSIM of the windows wholly in the target's background (its mask < 0.5; background_windows "
+                        "is their share) and of the other windows",
     }
-    return {**out, "n_pairs": ev.n_pairs, "n_clips": len(ev.clips), "unavailable": unavailable, "notes": notes, **meta}
+    background = float(torch.cat(ev.background).mean()) if ev.background else None
+    return {**out, "n_pairs": ev.n_pairs, "n_clips": len(ev.clips), "background_windows": background,
+            "unavailable": unavailable, "notes": notes, **meta}
 
 
 def _cell(value: float | None, key: str) -> str:
@@ -72,6 +77,12 @@ def format_table(results: dict[str, Any]) -> str:
     for name, reason in results["unavailable"].items():
         lines.append(f"{name.upper()}: n/a, {reason}")
     lines.append(f"CSIM: {CSIM_NOTE}")
+    if "ssim_background" in results["ours"]:
+        ours, copy = results["ours"], results["copy_source"]
+        regions = ((f"background windows ({100 * results['background_windows']:.0f}%)", "ssim_background"),
+                   ("the other windows", "ssim_foreground"))
+        lines.append("SSIM by region of the target: " + "; ".join(
+            f"{label} ours {_cell(ours[key], key)}, copy source {_cell(copy[key], key)}" for label, key in regions))
     if "nme_no_face" in results["ours"]:
         lines.append("NME: outputs with no face found excluded: "
                      f"ours {100 * results['ours']['nme_no_face']:.1f}%, "

@@ -9,6 +9,10 @@ Only windows that lie wholly inside the image are averaged ("valid" filtering). 
 `skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1, channel_axis=-1)`, which filters with reflected
 borders and then crops the (11 - 1) / 2 border pixels before averaging.
+
+`ssim_by_region` splits that mean into the windows wholly in the target's background and the rest:
+on the foreground protocol the background is black in the target, so a soft predicted mask costs
+there what a copied source (cut with its true mask) gets nearly free.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ def gaussian_window(size: int = WINDOW, sigma: float = SIGMA) -> Tensor:
     return g[:, None] * g[None, :]
 
 
-def ssim(pred: Tensor, target: Tensor) -> Tensor:
-    """pred, target: (B, C, H, W) in [-1, 1] -> (B,) mean SSIM over channels and valid windows."""
+def ssim_map(pred: Tensor, target: Tensor) -> Tensor:
+    """pred, target: (B, C, H, W) in [-1, 1] -> (B, H - 10, W - 10) SSIM of every valid window,
+    averaged over channels."""
     if pred.shape != target.shape or pred.dim() != 4:
         shapes = f"{tuple(pred.shape)} and {tuple(target.shape)}"
         raise ValueError(f"ssim: expected two (B, C, H, W) tensors of one shape, got {shapes}")
@@ -49,4 +54,28 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = K1**2, K2**2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return s.mean(dim=(1, 2, 3)).to(pred.dtype)
+    return s.mean(dim=1).to(pred.dtype)
+
+
+def ssim(pred: Tensor, target: Tensor) -> Tensor:
+    """pred, target: (B, C, H, W) in [-1, 1] -> (B,) mean SSIM over channels and valid windows."""
+    return ssim_map(pred, target).mean(dim=(1, 2))
+
+
+def background_windows(mask: Tensor) -> Tensor:
+    """mask: (B, 1, H, W) in [0, 1] -> (B, H - 10, W - 10) bool, True for the SSIM windows that lie
+    wholly in the background (mask < 0.5 at every pixel)."""
+    return F.max_pool2d(mask, WINDOW, stride=1)[:, 0] < 0.5
+
+
+def ssim_by_region(pred: Tensor, target: Tensor, background: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean SSIM of the foreground and of the background windows (`background_windows` of the
+    target's mask): two (B,) tensors, NaN where a frame has no window of that region. The frame's
+    SSIM is their mean weighted by the regions' window counts."""
+    s = ssim_map(pred, target)  # (B, h, w)
+    bg = background.to(s.dtype)
+
+    def region_mean(weight: Tensor) -> Tensor:
+        return (s * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))  # 0 / 0 = NaN: no such window
+
+    return region_mean(1 - bg), region_mean(bg)
