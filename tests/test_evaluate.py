@@ -16,6 +16,7 @@ from bilayer.losses import apply_mask
 from bilayer.metrics.complexity import frame_macs
 from bilayer.metrics.evaluation import EvalConfig, evaluate, target_frames
 from bilayer.nets import BilayerModel
+from bilayer.runtime import Avatar
 from tests.nets_helpers import tiny_config
 
 REQUIRED = ("lpips", "ssim", "csim", "nme")
@@ -79,6 +80,38 @@ def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, check
     assert ev.mean("ours", "probe") == 0.0 and ev.unscored("ours", "probe") == 0.0
 
 
+def test_mask_threshold_cuts_every_mask(dataset_dir, checkpoint):
+    from bilayer.data.dataset import DatasetConfig, PairDataset
+    from bilayer.data.store import ClipReader
+
+    model, _ = load_model(checkpoint)
+    calls = []
+
+    def recorder(pred, target, target_keypoints):
+        calls.append((pred.clone(), target.clone()))
+        return torch.zeros(len(pred))
+
+    ev = evaluate(model, dataset_dir, {"probe": recorder}, EvalConfig(split="all", mask_threshold=0.5))
+    ds = PairDataset(dataset_dir, "all", DatasetConfig(image_size=64, flip_probability=0.0))
+    clip = next(c for c in ds.clips if c.clip_id == ev.clips[0])
+    with ClipReader(dataset_dir / clip.file) as reader:
+        keypoints = reader.array("keypoints")  # (T, 68, 2)
+        i = target_frames(reader.array("frame_index"), clip.fps)[0]
+        src = ds._frame(reader, keypoints[0], 0, False, "source")
+        tgt = ds._frame(reader, keypoints[i], i, False, "target")
+    assert ((src["source_mask"] > 0.01) & (src["source_mask"] < 0.99)).any()  # soft masks to cut
+    avatar = Avatar(model)
+    avatar.init(src["source_image"][None], src["source_landmarks"][None], src["source_keypoints"][None],
+                src["source_mask"][None])
+    image, mask = avatar.render(tgt["target_keypoints"][None])  # (1, 3, H, W), (1, 1, H, W)
+    (ours, target), (copy, _) = [(pred[0], target[0]) for pred, target in calls[:2]]  # (3, H, W) each
+    assert torch.allclose(ours, apply_mask(image, (mask >= 0.5).float())[0], atol=1e-6)
+    assert torch.equal(target, apply_mask(tgt["target_image"], (tgt["target_mask"] >= 0.5).float()))
+    assert torch.equal(copy, apply_mask(src["source_image"], (src["source_mask"] >= 0.5).float()))
+    with pytest.raises(ValueError, match="mask_threshold"):
+        EvalConfig(mask_threshold=1.0)
+
+
 def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
     out, grid = tmp_path / "eval.json", tmp_path / "grid.png"
     code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--split", "all",
@@ -107,6 +140,7 @@ def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
     header = table.splitlines()[0].split()
     assert header == ["Method", "LPIPS↓", "SSIM↑", "CSIM↑", "NME↓", "GMACs↓", "Init.(ms)↓", "Inf.(ms)↓"]
     assert "Copy source" in table and "ArcFace" in table and "LPIPS: n/a" in table and "SSIM by region" in table
+    assert results["mask_threshold"] is None and "Images: foreground only" in table and "cut into 0/1" not in table
 
     image = cv2.imread(str(grid))
     assert image.shape == (24 + 2 * 64, 3 * 64, 3)  # header + one row per clip; source | target | ours
@@ -133,6 +167,7 @@ def test_cli_lpips_with_a_user_backbone(dataset_dir, checkpoint, tmp_path):
     (["--data", "{tmp}/nowhere"], "not a dataset"),
     (["--data", "{data}", "--metrics", "fid"], "unknown 'fid'"),
     (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt"], "checkpoint not found"),
+    (["--data", "{data}", "--mask-threshold", "1.5"], "--mask-threshold: mask_threshold must be in (0, 1)"),
 ])
 def test_cli_errors_are_one_line(dataset_dir, checkpoint, tmp_path, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, data=dataset_dir) for a in argv]

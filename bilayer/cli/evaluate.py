@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clips", type=int, default=50, metavar="N", help="clips (one per identity); paper: 50")
     p.add_argument("--clips-per-identity", type=int, default=1, metavar="K",
                    help="clips of each identity (paper: 1; more for test sets with few identities)")
+    p.add_argument("--mask-threshold", type=float, metavar="T",
+                   help="cut every mask (target's, source's, predicted) into 0/1 at T (default: soft masks)")
     p.add_argument("--metrics", default="lpips,ssim,csim,nme", help="comma-separated registered metrics")
     p.add_argument("--lpips-backbone", type=Path, metavar="FILE",
                    help="torchvision ImageNet weights of the LPIPS backbone "
@@ -63,11 +65,14 @@ def run(args: argparse.Namespace) -> int:
         except MetricUnavailable as e:
             unavailable[name] = str(e)
     torch.manual_seed(0)
-    cfg = EvalConfig(split=args.split, test_fraction=test_fraction, max_clips=args.max_clips,
-                     clips_per_identity=args.clips_per_identity)
+    try:
+        cfg = EvalConfig(split=args.split, test_fraction=test_fraction, max_clips=args.max_clips,
+                         clips_per_identity=args.clips_per_identity, mask_threshold=args.mask_threshold)
+    except ValueError as e:
+        raise InputError(f"--mask-threshold: {e}") from None
     ev = evaluate(model, args.data, metrics, cfg)
     meta = {"checkpoint": str(checkpoint), "data": str(args.data), "split": args.split,
-            "test_fraction": test_fraction, "clips": ev.clips}
+            "test_fraction": test_fraction, "mask_threshold": args.mask_threshold, "clips": ev.clips}
     results = results_json(ev, unavailable, frame_macs(model.cfg, model)["macs"] / 1e9, meta)
 
     print(format_table(results))

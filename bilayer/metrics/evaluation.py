@@ -11,7 +11,10 @@ each sequence is used as a source. Target frames are taken sequentially at 1 FPS
 Images are compared on the foreground, as the model is trained and the official code evaluates
 (background blended to black, Sec. 3.4): the output with its predicted mask, the target with its
 dataset mask. Unlike the official code, the target is not cut with the *predicted* mask, so an
-empty mask cannot score well.
+empty mask cannot score well. `EvalConfig.mask_threshold` cuts every mask (the target's, the
+source's and the predicted one) into 0/1 at a threshold: sharp foregrounds like those of the
+paper's segmentation model [15], where soft masks (MediaPipe's confidences) leave a few percent
+of the static background in both the target and the copied source.
 
 The copy-source baseline (output = the source frame, cut with its own dataset mask) is scored on
 the same pairs with the same metrics, so no number is read alone. With SSIM, both are also scored
@@ -49,6 +52,11 @@ class EvalConfig:
     max_clips: int | None = 50  # the paper's 50 test videos, one per identity
     clips_per_identity: int = 1  # more for test sets with few identities
     target_rate: float = 1.0  # targets per second of video (1 FPS)
+    mask_threshold: float | None = None  # None: soft masks; t: every mask cut to (mask >= t)
+
+    def __post_init__(self) -> None:
+        if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
 
 
 @dataclass
@@ -58,7 +66,7 @@ class PairBatch:
     clip_id: str
     source: Tensor  # (T, 3, H, W) in [-1, 1], masked source (the copy-source output)
     target: Tensor  # (T, 3, H, W) in [-1, 1], masked target
-    target_mask: Tensor  # (T, 1, H, W) in [0, 1], the target's dataset mask
+    target_mask: Tensor  # (T, 1, H, W) in [0, 1], the target's dataset mask (cut if mask_threshold)
     target_keypoints: Tensor  # (T, 68, 2) normalized
     ours: Tensor  # (T, 3, H, W) in [-1, 1], masked model output
 
@@ -147,7 +155,7 @@ def evaluate(
                 continue
             source = dataset._frame(reader, keypoints[0], 0, False, "source")
             targets = [dataset._frame(reader, keypoints[i], i, False, "target") for i in indices]
-        batch = _run_clip(avatar, clip.clip_id, source, targets, result)
+        batch = _run_clip(avatar, clip.clip_id, source, targets, result, cfg.mask_threshold)
         background = background_windows(batch.target_mask)  # (T, H - 10, W - 10)
         for method, output in (("ours", batch.ours), ("copy_source", batch.source)):
             scores = {name: metric(output, batch.target, batch.target_keypoints) for name, metric in metrics.items()}
@@ -165,8 +173,14 @@ def evaluate(
     return result
 
 
+def _cut(mask: Tensor, threshold: float | None) -> Tensor:
+    """The mask the images are cut with: as it is, or 0/1 at `threshold`."""
+    return mask if threshold is None else (mask >= threshold).to(mask.dtype)
+
+
 def _run_clip(
-    avatar: Avatar, clip_id: str, source: dict[str, Tensor], targets: list[dict[str, Tensor]], result: Evaluation
+    avatar: Avatar, clip_id: str, source: dict[str, Tensor], targets: list[dict[str, Tensor]], result: Evaluation,
+    mask_threshold: float | None = None,
 ) -> PairBatch:
     """Init the avatar on the source, render every target one frame at a time (both timed; the
     first clip is run once untimed before, so one-off allocation costs stay out of the medians)."""
@@ -183,10 +197,10 @@ def _run_clip(
         start = time.perf_counter()
         image, mask = avatar.render(target["target_keypoints"][None])  # (1, 3, H, W), (1, 1, H, W)
         result.inference_ms.append(1000 * (time.perf_counter() - start))
-        outputs.append(apply_mask(image, mask)[0])
+        outputs.append(apply_mask(image, _cut(mask, mask_threshold))[0])
     n = len(targets)
-    masked_source = apply_mask(source["source_image"], source["source_mask"])  # (3, H, W)
-    target_mask = _stack(targets, "target_mask")
+    masked_source = apply_mask(source["source_image"], _cut(source["source_mask"], mask_threshold))  # (3, H, W)
+    target_mask = _cut(_stack(targets, "target_mask"), mask_threshold)
     return PairBatch(
         clip_id=clip_id,
         source=masked_source.expand(n, -1, -1, -1),

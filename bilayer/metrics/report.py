@@ -48,13 +48,18 @@ def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta
                "their fraction is nme_no_face",
         "timing": f"median over clips (init) and frames (inference, batch 1) on this machine's CPU with "
                   f"{torch.get_num_threads()} threads; the paper: NVIDIA P40, median of 1000 runs",
-        "images": "foreground only: output cut with its predicted mask, target and source with their dataset masks",
+        "images": "foreground only: output cut with its predicted mask, target and source with their dataset masks"
+                  + masks_cut(meta.get("mask_threshold")),
         "ssim_regions": "SSIM of the windows wholly in the target's background (its mask < 0.5; background_windows "
                         "is their share) and of the other windows",
     }
     background = float(torch.cat(ev.background).mean()) if ev.background else None
     return {**out, "n_pairs": ev.n_pairs, "n_clips": len(ev.clips), "background_windows": background,
             "unavailable": unavailable, "notes": notes, **meta}
+
+
+def masks_cut(threshold: float | None) -> str:
+    return "" if threshold is None else f", every mask cut into 0/1 at {threshold:g}"
 
 
 def _cell(value: float | None, key: str) -> str:
@@ -77,6 +82,7 @@ def format_table(results: dict[str, Any]) -> str:
     for name, reason in results["unavailable"].items():
         lines.append(f"{name.upper()}: n/a, {reason}")
     lines.append(f"CSIM: {CSIM_NOTE}")
+    lines.append(f"Images: {results['notes']['images']}")
     if "ssim_background" in results["ours"]:
         ours, copy = results["ours"], results["copy_source"]
         regions = ((f"background windows ({100 * results['background_windows']:.0f}%)", "ssim_background"),

