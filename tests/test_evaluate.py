@@ -168,6 +168,7 @@ def test_cli_lpips_with_a_user_backbone(dataset_dir, checkpoint, tmp_path):
     (["--data", "{data}", "--metrics", "fid"], "unknown 'fid'"),
     (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt"], "checkpoint not found"),
     (["--data", "{data}", "--mask-threshold", "1.5"], "--mask-threshold: mask_threshold must be in (0, 1)"),
+    (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt", "--mask-threshold", "0"], "--mask-threshold"),  # first
 ])
 def test_cli_errors_are_one_line(dataset_dir, checkpoint, tmp_path, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, data=dataset_dir) for a in argv]

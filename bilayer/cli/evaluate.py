@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import torch
 
     from bilayer.checkpoint import load_model, resolve_checkpoint
@@ -50,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--metrics: unknown {unknown[0]!r} (known: {', '.join(list_metrics())})")
     if args.max_clips < 1 or args.clips_per_identity < 1:
         raise InputError("--max-clips and --clips-per-identity must be >= 1")
+    try:
+        cfg = EvalConfig(split=args.split, max_clips=args.max_clips, clips_per_identity=args.clips_per_identity,
+                         mask_threshold=args.mask_threshold)
+    except ValueError as e:
+        raise InputError(f"--mask-threshold: {e}") from None
     checkpoint = resolve_checkpoint(args.checkpoint)
     model, ckpt = load_model(checkpoint)
     train_data = ckpt.get("meta", {}).get("train_config", {}).get("data", {})
@@ -65,11 +72,7 @@ def run(args: argparse.Namespace) -> int:
         except MetricUnavailable as e:
             unavailable[name] = str(e)
     torch.manual_seed(0)
-    try:
-        cfg = EvalConfig(split=args.split, test_fraction=test_fraction, max_clips=args.max_clips,
-                         clips_per_identity=args.clips_per_identity, mask_threshold=args.mask_threshold)
-    except ValueError as e:
-        raise InputError(f"--mask-threshold: {e}") from None
+    cfg = replace(cfg, test_fraction=test_fraction)
     ev = evaluate(model, args.data, metrics, cfg)
     meta = {"checkpoint": str(checkpoint), "data": str(args.data), "split": args.split,
             "test_fraction": test_fraction, "mask_threshold": args.mask_threshold, "clips": ev.clips}
