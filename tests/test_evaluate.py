@@ -53,7 +53,9 @@ def test_clip_selection_first_clips_of_each_identity():
     assert [c.clip_id for c in select_clips(data, 3, per_identity=5)] == ["a/0", "a/2", "b/0"]
 
 
-def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, checkpoint):
+def _probe(checkpoint, dataset_dir, cfg: EvalConfig):
+    """Evaluate with a metric that records what it is given: (model, evaluation, [(pred, target,
+    target_keypoints)] per clip and method, ours first)."""
     model, _ = load_model(checkpoint)
     calls = []
 
@@ -61,7 +63,25 @@ def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, check
         calls.append((pred.clone(), target.clone(), target_keypoints.clone()))
         return torch.zeros(len(pred))
 
-    ev = evaluate(model, dataset_dir, {"probe": recorder}, EvalConfig(split="all"))
+    return model, evaluate(model, dataset_dir, {"probe": recorder}, cfg), calls
+
+
+def _source_and_first_target(dataset_dir, clip_id: str) -> tuple[dict, dict]:
+    """The clip's stored source frame and its first 1 FPS target, as the dataset gives them."""
+    from bilayer.data.dataset import DatasetConfig, PairDataset
+    from bilayer.data.store import ClipReader
+
+    ds = PairDataset(dataset_dir, "all", DatasetConfig(image_size=64, flip_probability=0.0))
+    clip = next(c for c in ds.clips if c.clip_id == clip_id)
+    with ClipReader(dataset_dir / clip.file) as reader:
+        keypoints = reader.array("keypoints")  # (T, 68, 2)
+        i = target_frames(reader.array("frame_index"), clip.fps)[0]
+        return (ds._frame(reader, keypoints[0], 0, False, "source"),
+                ds._frame(reader, keypoints[i], i, False, "target"))
+
+
+def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, checkpoint):
+    _, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all"))
     # alice/interview.mp4 and bob/talk.mkv (2 s each -> one target at 1 s); bob's photo has no target
     assert len(ev.clips) == 2 and ev.n_pairs == 2
     assert len(ev.init_ms) == 2 and len(ev.inference_ms) == 2
@@ -69,42 +89,20 @@ def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, check
     assert torch.equal(ours[1], copy[1]) and torch.equal(ours[2], copy[2])
     assert ours[0].shape == (1, 3, 64, 64) and not torch.equal(ours[0], copy[0])
     # the baseline's output is the clip's first frame, cut with its dataset mask
-    from bilayer.data.dataset import DatasetConfig, PairDataset
-    from bilayer.data.store import ClipReader
-
-    ds = PairDataset(dataset_dir, "all", DatasetConfig(image_size=64, flip_probability=0.0))
-    clip = next(c for c in ds.clips if c.clip_id == ev.clips[0])
-    with ClipReader(dataset_dir / clip.file) as reader:
-        src = ds._frame(reader, reader.array("keypoints")[0], 0, False, "source")
+    src, _ = _source_and_first_target(dataset_dir, ev.clips[0])
     assert torch.allclose(copy[0][0], apply_mask(src["source_image"], src["source_mask"]))
     assert ev.mean("ours", "probe") == 0.0 and ev.unscored("ours", "probe") == 0.0
 
 
 def test_mask_threshold_cuts_every_mask(dataset_dir, checkpoint):
-    from bilayer.data.dataset import DatasetConfig, PairDataset
-    from bilayer.data.store import ClipReader
-
-    model, _ = load_model(checkpoint)
-    calls = []
-
-    def recorder(pred, target, target_keypoints):
-        calls.append((pred.clone(), target.clone()))
-        return torch.zeros(len(pred))
-
-    ev = evaluate(model, dataset_dir, {"probe": recorder}, EvalConfig(split="all", mask_threshold=0.5))
-    ds = PairDataset(dataset_dir, "all", DatasetConfig(image_size=64, flip_probability=0.0))
-    clip = next(c for c in ds.clips if c.clip_id == ev.clips[0])
-    with ClipReader(dataset_dir / clip.file) as reader:
-        keypoints = reader.array("keypoints")  # (T, 68, 2)
-        i = target_frames(reader.array("frame_index"), clip.fps)[0]
-        src = ds._frame(reader, keypoints[0], 0, False, "source")
-        tgt = ds._frame(reader, keypoints[i], i, False, "target")
+    model, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask_threshold=0.5))
+    src, tgt = _source_and_first_target(dataset_dir, ev.clips[0])
     assert ((src["source_mask"] > 0.01) & (src["source_mask"] < 0.99)).any()  # soft masks to cut
     avatar = Avatar(model)
     avatar.init(src["source_image"][None], src["source_landmarks"][None], src["source_keypoints"][None],
                 src["source_mask"][None])
     image, mask = avatar.render(tgt["target_keypoints"][None])  # (1, 3, H, W), (1, 1, H, W)
-    (ours, target), (copy, _) = [(pred[0], target[0]) for pred, target in calls[:2]]  # (3, H, W) each
+    (ours, target), (copy, _) = [(pred[0], target[0]) for pred, target, _ in calls[:2]]  # (3, H, W) each
     assert torch.allclose(ours, apply_mask(image, (mask >= 0.5).float())[0], atol=1e-6)
     assert torch.equal(target, apply_mask(tgt["target_image"], (tgt["target_mask"] >= 0.5).float()))
     assert torch.equal(copy, apply_mask(src["source_image"], (src["source_mask"] >= 0.5).float()))

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, test_fraction=test_fraction)
     ev = evaluate(model, args.data, metrics, cfg)
     meta = {"checkpoint": str(checkpoint), "data": str(args.data), "split": args.split,
-            "test_fraction": test_fraction, "mask_threshold": args.mask_threshold, "clips": ev.clips}
+            "test_fraction": test_fraction, "mask_threshold": cfg.mask_threshold, "clips": ev.clips}
     results = results_json(ev, unavailable, frame_macs(model.cfg, model)["macs"] / 1e9, meta)
 
     print(format_table(results))

@@ -180,10 +180,11 @@ def _cut(mask: Tensor, threshold: float | None) -> Tensor:
 
 def _run_clip(
     avatar: Avatar, clip_id: str, source: dict[str, Tensor], targets: list[dict[str, Tensor]], result: Evaluation,
-    mask_threshold: float | None = None,
+    mask_threshold: float | None,
 ) -> PairBatch:
     """Init the avatar on the source, render every target one frame at a time (both timed; the
-    first clip is run once untimed before, so one-off allocation costs stay out of the medians)."""
+    first clip is run once untimed before, so one-off allocation costs stay out of the medians).
+    Every mask is cut at `mask_threshold` (None: used as it is)."""
     init_args = (source["source_image"][None], source["source_landmarks"][None],
                  source["source_keypoints"][None], source["source_mask"][None])
     if not result.init_ms:

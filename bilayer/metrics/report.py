@@ -49,7 +49,7 @@ def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta
         "timing": f"median over clips (init) and frames (inference, batch 1) on this machine's CPU with "
                   f"{torch.get_num_threads()} threads; the paper: NVIDIA P40, median of 1000 runs",
         "images": "foreground only: output cut with its predicted mask, target and source with their dataset masks"
-                  + masks_cut(meta.get("mask_threshold")),
+                  + _masks_cut(meta.get("mask_threshold")),
         "ssim_regions": "SSIM of the windows wholly in the target's background (its mask < 0.5; background_windows "
                         "is their share) and of the other windows",
     }
@@ -58,7 +58,8 @@ def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta
             "unavailable": unavailable, "notes": notes, **meta}
 
 
-def masks_cut(threshold: float | None) -> str:
+def _masks_cut(threshold: float | None) -> str:
+    """The images note's tail for `EvalConfig.mask_threshold`."""
     return "" if threshold is None else f", every mask cut into 0/1 at {threshold:g}"
 
 
