@@ -58,6 +58,25 @@ def test_no_face_in_a_cat_photo(annotator):
     assert annotator(load_photo("chelsea")) is None
 
 
+def test_face_filling_the_frame_is_found(annotator):
+    """A photo cut to its keypoints' box, which the detection model alone misses, is found through
+    the detector's framed retry: the box lands on the face and the keypoints on the face."""
+    photo = load_photo("astronaut")
+    annotator.reset()
+    face = annotator(photo).face
+    x0, y0 = round(face.cx - face.size / 2), round(face.cy - face.size / 2)
+    tight = np.ascontiguousarray(photo[y0:y0 + round(face.size), x0:x0 + round(face.size)])
+    detector = annotator.tracker.detector
+    assert detector._detect(tight) == []  # the case the retry is for
+    (found,) = detector(tight)
+    expected = FaceBox(face.cx - x0, face.cy - y0, face.size)
+    assert found.box.iou(expected) > 0.6
+    annotator.reset()
+    ann = annotator(tight)
+    assert ann is not None and ann.face.iou(expected) > 0.8
+    assert ann.image[:16].max() == 0  # above the photo: the crop's black border
+
+
 def test_mirrored_photo_gives_flipped_keypoints(annotator):
     """The flip permutation agrees with the detector itself: keypoints found on the mirrored
     photo = flip_keypoints(keypoints of the photo)."""
