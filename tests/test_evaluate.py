@@ -12,7 +12,7 @@ import torch
 
 from bilayer.checkpoint import load_model, save_checkpoint
 from bilayer.cli.main import main
-from bilayer.losses import apply_mask
+from bilayer.nets import apply_mask
 from bilayer.metrics.complexity import frame_macs
 from bilayer.metrics.evaluation import EvalConfig, evaluate, target_frames
 from bilayer.nets import BilayerModel

@@ -11,7 +11,6 @@ from bilayer.losses import (
     Frame,
     LossWeights,
     Objective,
-    apply_mask,
     discriminator_hinge,
     feature_matching,
     generator_hinge,
@@ -22,7 +21,7 @@ from bilayer.losses import (
     warp_regularizer,
     warp_weight,
 )
-from bilayer.nets import BilayerModel, DiscriminatorOutput
+from bilayer.nets import BilayerModel, DiscriminatorOutput, apply_mask
 from tests.nets_helpers import dummy_batch, tiny_config
 
 

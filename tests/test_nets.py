@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -196,6 +197,32 @@ def test_updater_zero_steps_is_identity_and_steps_change_texture():
     assert torch.equal(same.texture, state.texture)
     moved = model.enhance(state, x["keypoints"], x["image"])
     assert (moved.texture - state.texture).abs().max() > 0
+
+
+def test_updater_is_guided_by_the_source_foreground_only(monkeypatch):
+    """L_upd compares rendering and source inside the mask predicted at the source pose: the
+    source's pixels where that mask is 0 do not reach the texture, those where it is 1 do."""
+    cfg = tiny_config()
+    model = BilayerModel(cfg).eval()
+    x = dummy_batch(cfg, b=1)
+    with torch.no_grad():
+        state = model.initialize(x["image"], x["landmarks"])
+    generator = model.inference_generator.forward
+
+    def left_half_background(*args, **kwargs):
+        out = generator(*args, **kwargs)
+        logit = torch.full_like(out.mask_logit, 30.0)
+        logit[..., : logit.shape[-1] // 2] = -30.0  # mask 0 on the left half, 1 on the right
+        return replace(out, mask_logit=logit)
+
+    monkeypatch.setattr(model.inference_generator, "forward", left_half_background)
+    half = cfg.image_size // 2
+    new_background, new_foreground = x["image"].clone(), x["image"].clone()
+    new_background[..., :half] = torch.rand_like(new_background[..., :half]) * 2 - 1
+    new_foreground[..., half:] = torch.rand_like(new_foreground[..., half:]) * 2 - 1
+    texture = model.enhance(state, x["keypoints"], x["image"]).texture
+    assert torch.allclose(model.enhance(state, x["keypoints"], new_background).texture, texture, atol=1e-6)
+    assert (model.enhance(state, x["keypoints"], new_foreground).texture - texture).abs().max() > 1e-3
 
 
 def test_standing_statistics_average_batches():

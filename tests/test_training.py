@@ -17,7 +17,8 @@ from bilayer.checkpoint import load_model, read_checkpoint
 from bilayer.cli.main import main
 from bilayer.config import ConfigError
 from bilayer.errors import InputError
-from bilayer.losses import Objective, apply_mask
+from bilayer.losses import Objective
+from bilayer.nets import apply_mask
 from bilayer.training import loop
 from bilayer.training.config import TrainConfig, load_train_config
 from bilayer.training.data import StreamSampler, open_dataset

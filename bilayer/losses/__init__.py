@@ -11,7 +11,7 @@ from bilayer.losses.adversarial import (
 )
 from bilayer.losses.objective import Frame, GeneratorLosses, LossWeights, Objective, warp_weight
 from bilayer.losses.perceptual import PerceptualNet, perceptual_l1
-from bilayer.losses.reconstruction import apply_mask, mask_bce, pixel_l1, warp_regularizer
+from bilayer.losses.reconstruction import mask_bce, pixel_l1, warp_regularizer
 
 __all__ = [
     "Frame",
@@ -19,7 +19,6 @@ __all__ = [
     "LossWeights",
     "Objective",
     "PerceptualNet",
-    "apply_mask",
     "discriminator_hinge",
     "feature_matching",
     "generator_hinge",

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from bilayer.losses.adversarial import discriminator_hinge, feature_matching, generator_hinge
 from bilayer.losses.perceptual import perceptual_l1
-from bilayer.losses.reconstruction import apply_mask, mask_bce, pixel_l1, warp_regularizer
-from bilayer.nets import Rendered
+from bilayer.losses.reconstruction import mask_bce, pixel_l1, warp_regularizer
+from bilayer.nets import Rendered, apply_mask
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Pixel, warp-regularization and segmentation losses, and mask application (Sec. 3.2, 3.4; Eq. 2, 9).
+"""Pixel, warp-regularization and segmentation losses, (Sec. 3.2, 3.4; Eq. 2, 9).
 
 Norms are averaged over all elements (the 1/HW of the equations, channels included), matching the
 released code for which the paper's loss weights were chosen.
@@ -22,11 +22,3 @@ def warp_regularizer(warp_delta: Tensor) -> Tensor:
 def mask_bce(mask_logit: Tensor, target_mask: Tensor) -> Tensor:
     """Sec. 3.4, L_seg: binary cross-entropy of the predicted mask. (B, 1, H, W) logits vs [0, 1]."""
     return F.binary_cross_entropy_with_logits(mask_logit, target_mask)
-
-
-def apply_mask(image: Tensor, mask: Tensor) -> Tensor:
-    """Blend `image` (B, 3, H, W) into a -1 (black) background with `mask` (B, 1, H, W) in [0, 1].
-
-    Sec. 3.4: the trainer passes SG(predicted mask), so no signal reaches the mask head this way.
-    """
-    return image * mask - (1 - mask)

@@ -35,10 +35,9 @@ from torch import Tensor
 from bilayer.data.dataset import DatasetConfig, PairDataset, Split
 from bilayer.data.store import ClipReader, ClipRecord
 from bilayer.errors import InputError
-from bilayer.losses import apply_mask
 from bilayer.metrics.registry import PairMetric
 from bilayer.metrics.ssim import background_windows, ssim_by_region
-from bilayer.nets import BilayerModel
+from bilayer.nets import BilayerModel, apply_mask
 from bilayer.runtime import Avatar
 
 METHODS = ("ours", "copy_source")

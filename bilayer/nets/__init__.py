@@ -2,6 +2,7 @@
 from bilayer.nets.discriminator import Discriminator, DiscriminatorOutput
 from bilayer.nets.embedder import Embedder
 from bilayer.nets.inference_generator import InferenceGenerator, InferenceOutput, identity_grid
+from bilayer.nets.layers import apply_mask
 from bilayer.nets.model import AvatarState, BilayerModel, Rendered, warp_texture
 from bilayer.nets.texture_generator import TextureGenerator
 from bilayer.nets.updater import TextureUpdater
@@ -17,6 +18,7 @@ __all__ = [
     "Rendered",
     "TextureGenerator",
     "TextureUpdater",
+    "apply_mask",
     "identity_grid",
     "warp_texture",
 ]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from bilayer.config import ModelConfig
-from bilayer.nets.layers import ResBlock, channels_at, conv
+from bilayer.nets.layers import ResBlock, apply_mask, channels_at, conv
 from bilayer.nets.texture_generator import texture_channels
 
 
@@ -48,7 +48,7 @@ class Embedder(nn.Module):
             image, landmarks = image.flatten(0, 1), landmarks.flatten(0, 1)
             mask = mask.flatten(0, 1) if mask is not None else None
         if mask is not None:
-            image = image * mask - (1 - mask)  # background -> minimum value
+            image = apply_mask(image, mask)
         x = self.down(self.stem(torch.cat([image, landmarks], dim=1)))  # (B*N, 512, 8, 8)
         embeddings = []
         for block in self.blocks:

@@ -16,7 +16,7 @@ from bilayer.config import ModelConfig
 from bilayer.nets.discriminator import Discriminator
 from bilayer.nets.embedder import Embedder
 from bilayer.nets.inference_generator import InferenceGenerator
-from bilayer.nets.layers import Params
+from bilayer.nets.layers import Params, apply_mask
 from bilayer.nets.texture_generator import TextureGenerator
 from bilayer.nets.updater import TextureUpdater
 
@@ -75,12 +75,16 @@ class BilayerModel(nn.Module):
         return Rendered(out.lf + hf, out.lf, hf, out.mask_logit, out.grid, out.warp_delta)
 
     def enhance(self, state: AvatarState, source_keypoints: Tensor, source_image: Tensor, steps: int | None = None) -> AvatarState:
-        """Refine the texture with G_upd, guided by L_upd = sum of squares on the SOURCE frame."""
+        """Refine the texture with G_upd, guided by L_upd = sum of squares on the SOURCE frame's
+        foreground: rendering and source both cut with the mask predicted at the source pose
+        (Sec. 3.4, as every image loss; the released code's `enh_apply_masks`), so the texture
+        is not steered to paint the background."""
         with torch.no_grad():
             src = self.inference_generator(source_keypoints, state.inference_params)
-        lf, grid = src.lf.detach(), src.grid.detach()
+            mask = torch.sigmoid(src.mask_logit)  # (B, 1, H, W)
+            source = apply_mask(source_image, mask)
 
         def guide_loss(texture: Tensor) -> Tensor:
-            return ((lf + warp_texture(texture, grid) - source_image) ** 2).sum()
+            return ((apply_mask(src.lf + warp_texture(texture, src.grid), mask) - source) ** 2).sum()
 
         return replace(state, texture=self.updater.refine(state.texture, guide_loss, steps))

@@ -11,6 +11,8 @@ toggles `requires_grad_` so that only the phase's own networks receive gradients
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
@@ -42,18 +44,22 @@ class BasePhase(nn.Module):
 
 
 class UpdaterPhase(nn.Module):
-    """Stage 2 generator phase: trains G_upd by back-propagating through all M LGD steps."""
+    """Stage 2 generator phase: trains G_upd by back-propagating through all M LGD steps.
+
+    The base objective without the terms that G_upd cannot change (G is frozen): L_pix (on the LF
+    layer), L_seg (on the mask) and L_reg (on the warp).
+    """
 
     def __init__(self, model: BilayerModel, objective: Objective):
         super().__init__()
-        self.model, self.objective = model, objective
+        self.model = model
+        self.objective = Objective(replace(objective.weights, pixel=0.0, mask=0.0), objective.imagenet, objective.face)
 
     def forward(self, source: Frame, target: Frame) -> dict:
         with torch.no_grad():  # the base generators are frozen: no graph through them
             state = self.model.initialize(source.image, source.landmarks, source.mask)
         state = self.model.enhance(state, source.keypoints, source.image)  # X_M(s), Eq. 7
         out = self.model.render(target.keypoints, state)  # x_M(t), Eq. 8
-        # L_reg has no gradient here (G is frozen); the other terms are the base objective.
         return _result(self.objective.generator(out, target, self.model.discriminator, 0.0), out, state)
 
 
