@@ -6,8 +6,10 @@ Layout of a `.pt` file (a dict of plain tensors and JSON-like values, loadable w
     {"format": "bilayer", "version": 1,
      "model_config": {...ModelConfig fields...},
      "model": {state dict of BilayerModel, no `module.`/`_orig_mod.` prefixes},
-     "meta": {...free-form run metadata: stage, iteration, active perceptual nets...},
-     ...optional training state under other keys (optimizers, RNG, loss weights)}
+     "meta": {...free-form run metadata: stage, iteration, active perceptual nets, the resolved
+              train_config (loss weights included)...},
+     ...optional training state under other keys (a training `last.pt`: progress, optimizers,
+        scalers, rng)}
 
 An *inference* checkpoint (`inference_checkpoint`, e.g. the shipped demo model) keeps only the
 networks that avatars use (no discriminator), optionally with float16 weights; `meta["networks"]`

@@ -130,23 +130,38 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a config dataclass."""
-    data = to_dict(cfg)
+def with_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`data` (the plain-dict form of `cls`, possibly partial) with `a.b.c=value` overrides set.
+
+    Values are parsed as YAML; every part of a key is checked against the dataclass fields of
+    `cls`. Missing nested blocks are created, so the result may still be partial; `from_dict`
+    checks the values.
+    """
+    data = dict(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        node = data
         parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                raise ConfigError(f"override {item!r}: unknown key {p!r}")
-            node = node[p]
-        if parts[-1] not in node:
-            raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return from_dict(type(cfg), data)
+        node, tp = data, cls
+        for i, part in enumerate(parts):
+            names = [f.name for f in dataclasses.fields(tp)]
+            if part not in names:
+                raise ConfigError(f"override {item!r}: unknown key {part!r} (known: {', '.join(sorted(names))})")
+            if i == len(parts) - 1:
+                node[part] = yaml.safe_load(raw)
+                break
+            tp = typing.get_type_hints(tp)[part]
+            child = node.get(part, {})
+            if not dataclasses.is_dataclass(tp) or not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section with keys")
+            node[part] = node = dict(child)
+    return data
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Config dataclass `cfg` with `a.b.c=value` overrides (values as YAML) applied."""
+    return from_dict(type(cfg), with_overrides(type(cfg), to_dict(cfg), overrides))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,21 +208,71 @@ class ModelConfig:
     landmark_channels: int = 3  # the landmark ("stickman") image is RGB
 
     def __post_init__(self) -> None:
-        n = self.image_size // self.generator_input_size
-        if self.image_size % self.generator_input_size or n & (n - 1):
+        for name in ("image_size", "generator_input_size", "embedding_size", "dis_output_size",
+                     "tex_projection_size", "inf_projection_size", "kp_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not _halves_to(self.image_size, self.generator_input_size):
             raise ValueError(
                 f"image_size {self.image_size} must be a power-of-two multiple of "
                 f"generator_input_size {self.generator_input_size}"
             )
-        if self.image_size // self.embedding_size < 2:
+        for name in ("embedding_size", "dis_output_size"):  # reached by halving from image_size
+            if not _halves_to(self.image_size, getattr(self, name)):
+                raise ValueError(
+                    f"{name} {getattr(self, name)} must be image_size {self.image_size} divided by a power of two"
+                )
+        if self.embedding_size == self.image_size:
             raise ValueError("embedding_size must be smaller than image_size")
         if self.upd_steps < 0:
             raise ValueError("upd_steps must be >= 0")
+        self._check_projections()
+
+    def _check_projections(self) -> None:
+        """The rule of `bilayer.nets.projector.Projector`, checked before any network is built.
+
+        Embedding k (C_k channels, resized to S x S) is viewed as one row per channel of each
+        adaptive layer of generator block k: its input channels (blocks after the first, whose
+        input norm is adaptive) and its output channels. So C_k * S * S must divide by both.
+        """
+        emb = self.embedding_channels
+        for name, generator, base, cap in (
+            ("tex_projection_size", "texture", self.tex_channels, self.tex_max_channels),
+            ("inf_projection_size", "inference", self.inf_channels, self.inf_max_channels),
+        ):
+            s, ch = getattr(self, name), self.generator_channels(base, cap)
+            for k, c in enumerate(emb):
+                for rows in (ch[k], ch[k + 1]) if k else (ch[k + 1],):
+                    if c * s * s % rows:
+                        raise ValueError(
+                            f"{name} {s}: embedding {k} ({c}x{s}x{s} values) cannot be split into "
+                            f"{rows} rows (one per channel of the {generator} generator's block {k})"
+                        )
 
     @property
     def num_blocks(self) -> int:
         """Number of upsampling blocks in each generator (= number of embeddings K)."""
         return (self.image_size // self.generator_input_size).bit_length() - 1
+
+    def encoder_channels(self, base: int, cap: int, out_size: int) -> list[int]:
+        """Channels at HxW, H/2 x W/2, ..., out_size: `base` at HxW, x2 per halving, <= `cap`."""
+        halvings = (self.image_size // out_size).bit_length() - 1
+        return [min(base * 2**i, cap) for i in range(halvings + 1)]
+
+    def generator_channels(self, base: int, cap: int) -> list[int]:
+        """Channels of a generator at 4x4, 8x8, ..., HxW (the same rule, read upwards)."""
+        return self.encoder_channels(base, cap, self.generator_input_size)[::-1]
+
+    @property
+    def embedding_channels(self) -> list[int]:
+        """Channels of the K embeddings = output channels of the texture generator's blocks."""
+        return self.generator_channels(self.tex_channels, self.tex_max_channels)[1:]
+
+
+def _halves_to(size: int, target: int) -> bool:
+    """Whether halving `size` zero or more times gives exactly `target`."""
+    n, rest = divmod(size, target)
+    return rest == 0 and n & (n - 1) == 0
 
 
 #: The three model sizes of the paper (Sec. 4, Table 2) and its ablation baseline (Table 1).

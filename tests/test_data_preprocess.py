@@ -90,7 +90,7 @@ def test_bad_inputs_are_skipped_with_reasons_and_keep_earlier_output(dataset_dir
     expected = make_bad_inputs(tmp_path / "bad", sample_video)
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), load_photo("grace_hopper")[..., ::-1])
-    report = tmp_path / "report.json"
+    report = tmp_path / "reports" / "report.json"  # a missing folder is created
 
     code = main(["preprocess", str(tmp_path / "bad"), str(tmp_path / "bad" / "notes.txt"), str(good),
                  "--out", str(out), "--report-json", str(report), "--quiet"])
@@ -111,9 +111,12 @@ def test_bad_inputs_are_skipped_with_reasons_and_keep_earlier_output(dataset_dir
     assert len(skipped_lines) == len(expected)
 
     # a re-run does no work again and reports the same skips
+    first_report = report.stat().st_ino
     code = main(["preprocess", str(tmp_path / "bad"), str(tmp_path / "bad" / "notes.txt"), str(good),
                  "--out", str(out), "--report-json", str(report), "--quiet"])
     assert code == 3 and json.loads(report.read_text()) == result
+    assert report.stat().st_ino != first_report  # replaced atomically, not rewritten in place
+    assert [p.name for p in report.parent.iterdir()] == ["report.json"]
     assert len((out / "skipped.jsonl").read_text().splitlines()) == len(expected)
 
 
@@ -131,6 +134,18 @@ def test_usage_errors_exit_2(argv, media_dir, tmp_path):
         code = e.code
     assert code == 2
     assert not (tmp_path / "o" / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--report-json"])
+def test_an_output_blocked_by_a_file_is_one_line_before_any_work(option, media_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file")
+    out = {"--out": blocker, "--report-json": blocker / "r.json"}[option]
+    argv = ["preprocess", str(media_dir / "bob" / "portrait.png"), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*argv, option, str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{blocker}: not a folder" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_kill_9_then_resume_gives_the_same_manifest(dataset_dir, media_dir, tmp_path):

@@ -111,10 +111,14 @@ def test_mask_threshold_cuts_every_mask(dataset_dir, checkpoint):
 
 
 def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
-    out, grid = tmp_path / "eval.json", tmp_path / "grid.png"
+    out, grid = tmp_path / "eval.json", tmp_path / "new" / "grid.png"  # missing folders are created
+    out.write_text("an earlier result")
+    earlier = out.stat().st_ino
     code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--split", "all",
                  "--json", str(out), "--grid", str(grid)])
     assert code == 0
+    assert out.stat().st_ino != earlier  # written beside and renamed into place, not rewritten in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "new"]  # no temporary file left
     results = json.loads(out.read_text())
     assert results["n_pairs"] == 2 and results["n_clips"] == 2
     for method in ("ours", "copy_source"):
@@ -145,7 +149,7 @@ def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lpips") is None,
-                    reason="the lpips package (bilayer[eval]) is not installed")
+                    reason="the lpips package is not installed (pip install --no-deps lpips==0.1.4)")
 def test_cli_lpips_with_a_user_backbone(dataset_dir, checkpoint, tmp_path):
     from bilayer.metrics.lpips import BACKBONES
 
@@ -167,6 +171,14 @@ def test_cli_lpips_with_a_user_backbone(dataset_dir, checkpoint, tmp_path):
     (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt"], "checkpoint not found"),
     (["--data", "{data}", "--mask-threshold", "1.5"], "--mask-threshold: mask_threshold must be in (0, 1)"),
     (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt", "--mask-threshold", "0"], "--mask-threshold"),  # first
+    # output paths and --test-fraction are checked before the checkpoint is loaded
+    (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt", "--grid", "{tmp}/grid.txt"],
+     "grid.txt: output must end in .png"),
+    (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt", "--json", "{tmp}"], "is a folder, not a file name"),
+    (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt", "--json", "{data}/manifest.jsonl/r.json"],
+     "manifest.jsonl: not a folder"),
+    (["--data", "{data}", "--checkpoint", "{tmp}/missing.pt", "--test-fraction", "2"],
+     "--test-fraction must be in [0, 1], got 2"),
 ])
 def test_cli_errors_are_one_line(dataset_dir, checkpoint, tmp_path, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, data=dataset_dir) for a in argv]
@@ -175,3 +187,24 @@ def test_cli_errors_are_one_line(dataset_dir, checkpoint, tmp_path, capsys, argv
     assert main(["evaluate", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated_shards", "damaged clip file (File is not a zip file)"),
+    ("bad_manifest_line", "manifest.jsonl: line 2 is not a valid ClipRecord (Expecting value)"),
+])
+def test_cli_damaged_dataset_is_one_line(dataset_dir, checkpoint, tmp_path, capsys, damage, message):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset_dir, data)
+    if damage == "truncated_shards":
+        for shard in (data / "shards").rglob("*.zip"):
+            shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        lines = (data / "manifest.jsonl").read_text().splitlines(keepends=True)
+        lines[1] = '{"clip_id": \n'
+        (data / "manifest.jsonl").write_text("".join(lines))
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "all"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(data) in err and len(err.splitlines()) == 1, err

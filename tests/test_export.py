@@ -82,7 +82,7 @@ def test_generic_graph_serves_any_avatar(avatar):
         assert parity(sess, ref, feeds).max_abs <= 1e-4
 
 
-def test_cli_export_writes_a_checked_graph(media_dir, tiny_checkpoint, tmp_path, capsys):  # noqa: F811
+def test_cli_export_writes_a_checked_graph(media_dir, tiny_checkpoint, tmp_path, capsys, monkeypatch):  # noqa: F811
     out = tmp_path / "avatar.onnx"
     args = ["export", "--checkpoint", str(tiny_checkpoint), "--source", str(media_dir / "bob" / "portrait.png")]
     assert main([*args, "--out", str(out), "--texture-input"]) == 0
@@ -92,7 +92,28 @@ def test_cli_export_writes_a_checked_graph(media_dir, tiny_checkpoint, tmp_path,
     assert [i.name for i in graph.graph.input] == ["keypoints", "texture"]
     assert np.load(out.with_suffix(".npz"))["texture"].shape == (1, 3, 64, 64)
     generic = tmp_path / "generic.onnx"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--generic", "--out", str(generic), "--fp16"]) == 0
+    monkeypatch.setattr("bilayer.checkpoint.DEMO_CHECKPOINT", tiny_checkpoint)  # --checkpoint: the demo model
+    assert main(["export", "--generic", "--out", str(generic), "--fp16"]) == 0
     assert "PSNR" in capsys.readouterr().out and generic.is_file()
     assert main([*args, "--out", str(tmp_path / "avatar.pt")]) == 2
     assert ".onnx" in capsys.readouterr().err
+
+
+def test_cli_export_generic_rejects_texture_input(tmp_path, capsys):
+    out = tmp_path / "generic.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--generic", "--texture-input",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--texture-input is for a per-avatar export" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_export_writes_the_graph_and_its_sidecar_together(media_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    def failing_savez(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        main(["export", "--checkpoint", str(tiny_checkpoint), "--source", str(media_dir / "bob" / "portrait.png"),
+              "--texture-input", "--out", str(tmp_path / "avatar.onnx")])
+    assert list(tmp_path.iterdir()) == []  # neither the graph without its texture nor a temporary file

@@ -19,7 +19,7 @@ from bilayer.metrics.registry import MetricOptions, MetricUnavailable, build_met
 from bilayer.metrics.ssim import background_windows, ssim, ssim_by_region
 
 needs_lpips = pytest.mark.skipif(importlib.util.find_spec("lpips") is None,
-                                 reason="the lpips package (bilayer[eval]) is not installed")
+                                 reason="the lpips package is not installed (pip install --no-deps lpips==0.1.4)")
 
 
 def rand_images(b: int = 2, size: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

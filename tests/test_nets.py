@@ -254,6 +254,72 @@ def test_config_rejects_unknown_keys(tmp_path):
         load_yaml(ModelConfig, path)
 
 
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(tex_projection_size=3), r"tex_projection_size 3: embedding \d \(\d+x3x3 values\) cannot be split into"),
+    (dict(inf_channels=3, inf_max_channels=12, inf_projection_size=2), r"inf_projection_size 2: .* into 12 rows"),
+    (dict(embedding_size=6), "embedding_size 6 must be image_size 64 divided by a power of two"),
+    (dict(embedding_size=64), "embedding_size must be smaller than image_size"),
+    (dict(dis_output_size=12), "dis_output_size 12 must be image_size 64 divided by a power of two"),
+    (dict(embedding_size=0), "embedding_size must be >= 1"),
+    (dict(kp_layers=0), "kp_layers must be >= 1"),
+])
+def test_config_rejects_shapes_the_networks_cannot_use(overrides, match):
+    """Found when the config is made, as one ConfigError line, not as a traceback at model build."""
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("size", ["small", "medium", "large", "baseline"])
+def test_projection_size_check_is_the_projectors_rule(size):
+    """ModelConfig accepts a projection size exactly when the generator's Projector can be built."""
+    from bilayer.nets.inference_generator import InferenceGenerator
+    from bilayer.nets.texture_generator import TextureGenerator
+
+    # rows of 3, 6 and 12 for embeddings of 8-32 channels: S must be a multiple of 3
+    channels = dict(inf_channels=3, inf_max_channels=12, inf_projection_size=6)
+    for field, net, extra in (("tex_projection_size", TextureGenerator, {}),
+                              ("inf_projection_size", InferenceGenerator, channels)):
+        outcomes = set()
+        for s in range(1, 7):
+            try:
+                tiny_config(size, spectral_norm=False, **{**extra, field: s})
+                accepted = True
+            except ConfigError:
+                accepted = False
+            cfg = tiny_config(size, spectral_norm=False, **extra)
+            object.__setattr__(cfg, field, s)  # past the check, to see what the network says
+            try:
+                net(cfg)
+                built = True
+            except ValueError:
+                built = False
+            assert accepted == built, (field, s)
+            outcomes.add(accepted)
+        assert outcomes == {True, False}, field  # both cases occur in the range
+
+
+def test_paper_and_shipped_configs_validate():
+    for size in ("small", "medium", "large", "baseline"):
+        for image_size in (128, 256, 512):
+            model_config(size, image_size=image_size)
+
+
+def test_embedding_and_score_sizes_are_exact():
+    cfg = tiny_config(embedding_size=16, dis_output_size=4)
+    model = BilayerModel(cfg).eval()
+    x = dummy_batch(cfg, b=1)
+    with torch.no_grad():
+        assert all(e.shape[-2:] == (16, 16) for e in model.embedder(x["image"], x["landmarks"]))
+        assert model.discriminator(x["image"], x["landmarks"]).scores.shape[-2:] == (4, 4)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 4])
+def test_kp_layers_is_the_number_of_linear_layers(layers):
+    mlp = BilayerModel(tiny_config(kp_layers=layers)).inference_generator.mlp
+    assert sum(isinstance(m, nn.Linear) for m in mlp) == layers
+
+
 def test_bench_macs_json_within_5_percent_of_paper(capsys):
     """The per-frame cost of each size at 256 px lands within +-5 % of the paper's Table 2."""
     assert main(["bench", "macs", "--json"]) == 0

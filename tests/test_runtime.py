@@ -109,6 +109,31 @@ def test_backends_match_torch_fp32(backend):
         assert psnr(out.numpy(), ref.numpy()) >= 30  # prints medium at ~35 dB; bf16 is the >= 40 dB one)
 
 
+def test_cli_backend_choices_are_the_runners_and_help_stays_light():
+    import argparse
+    import subprocess
+    import sys
+
+    from bilayer.cli.main import build_parser
+    from bilayer.runtime.backends import RUNNERS
+    from bilayer.runtime.choices import BACKENDS, PRECISIONS, RUNNER_PRECISIONS
+
+    assert list(RUNNERS) == [f"{b}/{p}" for b, ps in RUNNER_PRECISIONS.items() for p in ps]
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("animate", "demo"):
+        actions = {a.dest: a for a in commands[command]._actions}
+        assert actions["backend"].choices == BACKENDS and actions["precision"].choices == PRECISIONS
+    code = "import sys; from bilayer.cli.main import build_parser; build_parser(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_video_codec_choice():
+    from bilayer.data.synthetic import clips
+    from bilayer.runtime import video
+
+    assert clips.video_codec is video.video_codec
+
+
 def test_unknown_backend_is_an_input_error():
     from bilayer.errors import InputError
 
@@ -182,13 +207,15 @@ def bad_track(tmp_path, kind):
     track = np.zeros((5, 68, 2), np.float32)
     if kind == "shape":
         track = track[:, :67]
+    elif kind == "strings":
+        track = np.full((5, 68, 2), "a")
     else:
         track[2, 10, 1] = np.nan
     np.save(path, track)
     return path
 
 
-@pytest.mark.parametrize("case", ["no_face", "undecodable", "shape", "nan"])
+@pytest.mark.parametrize("case", ["no_face", "undecodable", "shape", "strings", "nan"])
 def test_animate_bad_input_is_one_line_and_leaves_no_file(case, media_dir, tiny_checkpoint, tmp_path, capsys):
     from bilayer.data.samples import SAMPLE_PHOTOS
 
@@ -204,10 +231,35 @@ def test_animate_bad_input_is_one_line_and_leaves_no_file(case, media_dir, tiny_
     out = tmp_path / "out" / "result.mp4"
     out.parent.mkdir()
     code, _, err = run_animate(capsys, "--source", source, *drive, "--out", out, "--checkpoint", tiny_checkpoint)
-    expected = {"no_face": "no face found", "undecodable": "broken.mp4", "shape": "(T, 68, 2)", "nan": "NaN"}[case]
+    expected = {"no_face": "no face found", "undecodable": "broken.mp4", "shape": "(T, 68, 2)",
+                "strings": "strings.npy: keypoints must be numbers", "nan": "NaN"}[case]
     assert code == 2 and expected in err
     assert len(err.strip().splitlines()) == 1, err
     assert list(out.parent.iterdir()) == []  # no partial or temporary file
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--fps", "-5", "fps must be a number > 0, got -5"),
+    ("--fps", "0", "fps must be a number > 0, got 0"),
+    ("--max-frames", "-3", "max_frames must be >= 1, got -3"),
+    ("--max-frames", "0", "max_frames must be >= 1, got 0"),
+])
+def test_animate_rejects_bad_fps_and_max_frames_up_front(option, value, message, media_dir, tmp_path, capsys):
+    track = tmp_path / "track.npy"
+    np.save(track, motion_samples(np.zeros((68, 2), np.float32) + 0.1, 3))
+    out = tmp_path / "out.mp4"
+    code, _, err = run_animate(capsys, "--source", media_dir / "bob" / "portrait.png", "--keypoints", track,
+                               "--out", out, "--checkpoint", tmp_path / "missing.pt", option, value)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err  # before the checkpoint
+    assert not out.exists()
+
+
+def test_track_rejects_max_frames_below_one(sample_video, tmp_path, capsys):
+    out = tmp_path / "track.npy"
+    assert main(["track", str(sample_video), "--out", str(out), "--max-frames", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "max_frames must be >= 1, got 0" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_track_then_animate_from_the_stored_track(media_dir, sample_video, tiny_checkpoint, tmp_path, capsys):
@@ -267,3 +319,11 @@ def test_demo_writes_video_side_by_side_and_contact_sheet(tiny_checkpoint, tmp_p
 
     assert cv2.imread(str(tmp_path / "contact_sheet.png")).shape == (24 + 6 * 64, 3 * 64, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["contact_sheet.png", "output.mp4", "side_by_side.mp4"]
+
+
+def test_demo_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    file = tmp_path / "demo"
+    file.write_text("not a folder")
+    assert main(["demo", "--out", str(file), "--checkpoint", str(tmp_path / "missing.pt"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{file}: not a folder" in err and len(err.strip().splitlines()) == 1

@@ -15,12 +15,12 @@ import torch
 
 from bilayer.checkpoint import load_model, read_checkpoint
 from bilayer.cli.main import main
-from bilayer.config import ConfigError
+from bilayer.config import ConfigError, apply_overrides
 from bilayer.errors import InputError
 from bilayer.losses import Objective
 from bilayer.nets import apply_mask
 from bilayer.training import loop
-from bilayer.training.config import TrainConfig, load_train_config
+from bilayer.training.config import TrainConfig, load_train_config, train_config
 from bilayer.training.data import StreamSampler, open_dataset
 from bilayer.training.loop import Trainer, TrainingDiverged
 
@@ -79,6 +79,31 @@ def test_config_files_resolve_presets_and_reject_unknown_keys(tmp_path):
         load_train_config(TINY_YAML, ["base.itrations=3"])
     with pytest.raises(ConfigError, match="loss weight pixel"):
         load_train_config(TINY_YAML, ["loss.pixel=.nan"])
+
+
+
+def test_updater_stage_needs_updater_steps():
+    """With M = 0 the updater stage has no gradient: rejected when the config loads, not after
+    the whole base stage."""
+    with pytest.raises(ConfigError, match=r"model\.upd_steps must be >= 1 when updater\.iterations > 0, got 0"):
+        load_train_config(TINY_YAML, ["model.upd_steps=0"])
+    assert load_train_config(TINY_YAML, ["model.upd_steps=0", "updater.iterations=0"]).model.upd_steps == 0
+    assert main(["train", "--config", str(TINY_YAML), "--dry-run", "model.upd_steps=0"]) == 2
+
+
+@pytest.mark.parametrize("item, message", [
+    ("base.itrations=3", "override 'base.itrations=3': unknown key 'itrations' (known: batch_size, iterations)"),
+    ("optim.lr.x=3", "override 'optim.lr.x=3': 'lr' is not a section with keys"),
+    ("seed", "override 'seed': expected key=value"),
+])
+def test_one_override_parser_for_train_and_preprocess(item, message):
+    """`bilayer train KEY=VALUE` and `bilayer preprocess --set` share bilayer.config.with_overrides."""
+    with pytest.raises(ConfigError) as train_error:
+        train_config({}, [item])
+    with pytest.raises(ConfigError) as set_error:
+        apply_overrides(TrainConfig(), [item])
+    assert str(train_error.value) == str(set_error.value) == message
+    assert apply_overrides(TrainConfig(), ["base.iterations=3"]) == train_config({}, ["base.iterations=3"])
 
 
 def test_dry_run_prints_the_resolved_config(capsys):

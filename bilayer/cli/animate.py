@@ -3,6 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from bilayer.runtime.choices import BACKENDS, PRECISIONS, RUNNER_PRECISIONS
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """--backend and --precision (also used by `bilayer demo`)."""
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    per_backend = "; ".join(f"{b}: {', '.join(ps)}" for b, ps in RUNNER_PRECISIONS.items())
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"{per_backend} (torch fp16: for GPUs)")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("animate", help="animate a photo with a driving video (or keypoint track)")
@@ -15,11 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--relative", action="store_true",
                    help="transfer the driver's motion relative to its first frame (cross-reenactment)")
     p.add_argument("--side-by-side", action="store_true", help="write source | driver | result")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
-                   help="torch: fp32, bf16, fp16 (GPU); onnxruntime: fp32, fp16, int8")
-    p.add_argument("--fps", type=float, default=25.0, help="frame rate of a --keypoints track")
-    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N driver frames")
+    add_backend_arguments(p)
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of a --keypoints track (> 0)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N >= 1 driver frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from bilayer.assets import DEMO_TRACK, DEMO_TRACK_FPS
+from bilayer.cli.animate import add_backend_arguments
 
 DEMO_PHOTO = "grace_hopper"
 
@@ -21,8 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--source", metavar="PHOTO", help="your own photo instead of the bundled one")
     p.add_argument("--checkpoint", metavar="C", help="model checkpoint (default: the shipped demo model)")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32")
+    add_backend_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -31,10 +31,11 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from bilayer.data.samples import SAMPLE_PHOTOS
+    from bilayer.runtime.files import check_output_folder
     from bilayer.runtime.pipeline import AnimateOptions, animate
 
     start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(args.out).mkdir(parents=True, exist_ok=True)
     source = args.source or SAMPLE_PHOTOS[DEMO_PHOTO].path
     options = AnimateOptions(relative=True, backend=args.backend, precision=args.precision, fps=DEMO_TRACK_FPS)
     outputs = {"video": args.out / "output.mp4", "side by side": args.out / "side_by_side.mp4",

@@ -7,8 +7,8 @@ the numbers as JSON (--json) and a source | target | ours image grid (--grid).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="LPIPS/SSIM/CSIM/NME, GMACs and timings on test clips (paper Table 2)",
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(vgg16-397923af.pth or alexnet-owt-7be5be79.pth)")
     p.add_argument("--lpips-net", choices=("vgg", "alex"), default="vgg", help="LPIPS backbone (official code: vgg)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the results as one JSON object")
-    p.add_argument("--grid", type=Path, metavar="PNG", help="write a source | target | ours grid")
+    p.add_argument("--grid", type=Path, metavar="PNG", help="write a source | target | ours grid (.png)")
     p.set_defaults(func=run)
 
 
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from bilayer.metrics.evaluation import EvalConfig, evaluate
     from bilayer.metrics.registry import MetricOptions, MetricUnavailable, build_metric, list_metrics
     from bilayer.metrics.report import format_table, results_json, write_grid
+    from bilayer.runtime.files import check_output_file, write_json
 
     names = [n for n in args.metrics.split(",") if n]
     unknown = [n for n in names if n not in list_metrics()]
@@ -57,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
                          mask_threshold=args.mask_threshold)
     except ValueError as e:
         raise InputError(f"--mask-threshold: {e}") from None
+    if args.test_fraction is not None and not 0 <= args.test_fraction <= 1:
+        raise InputError(f"--test-fraction must be in [0, 1], got {args.test_fraction:g}")
+    if args.json:
+        check_output_file(args.json)
+    if args.grid:
+        check_output_file(args.grid, (".png",))
     checkpoint = resolve_checkpoint(args.checkpoint)
     model, ckpt = load_model(checkpoint)
     train_data = ckpt.get("meta", {}).get("train_config", {}).get("data", {})
@@ -80,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(format_table(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"evaluate: results -> {args.json}")
+        print(f"evaluate: results -> {write_json(args.json, results)}")
     if args.grid:
         print(f"evaluate: grid -> {write_grid(ev, args.grid)}")
     return 0

@@ -6,12 +6,13 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the per-frame network to ONNX (parity-checked with ONNX Runtime)")
-    p.add_argument("--checkpoint", required=True, metavar="C")
+    p.add_argument("--checkpoint", metavar="C", help="model checkpoint (default: the shipped demo model)")
     p.add_argument("--source", metavar="PHOTO", help="the avatar's photo (its adaptive parameters are folded in)")
     p.add_argument("--out", required=True, metavar="OUT.onnx")
     p.add_argument("--fp16", action="store_true", help="float16 weights and compute, float32 inputs/outputs")
     p.add_argument("--texture-input", action="store_true",
-                   help="texture as a second input instead of a baked constant (written to OUT.npz)")
+                   help="texture as a second input instead of a baked constant (written to OUT.npz; "
+                        "not with --generic, whose texture is always an input)")
     p.add_argument("--generic", action="store_true",
                    help="one graph for every avatar: texture and adaptive parameters are inputs "
                         "(with --source, that avatar's tensors are written to OUT.npz)")

@@ -6,8 +6,6 @@ and in --report-json), 2 usage errors.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 EXIT_SKIPPED = 3
 
@@ -33,14 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bilayer.config import apply_overrides, load_yaml
     from bilayer.data.preprocess.pipeline import PreprocessConfig, run_preprocess
+    from bilayer.runtime.files import check_output_file, check_output_folder, write_json
 
     cfg = load_yaml(PreprocessConfig, args.config) if args.config else PreprocessConfig()
     overrides = list(args.set) + ([f"identity_from={args.identity_from}"] if args.identity_from else [])
     cfg = apply_overrides(cfg, overrides)
+    check_output_folder(args.out)
+    if args.report_json:
+        check_output_file(args.report_json)
     summary = run_preprocess(args.inputs, args.out, cfg, workers=args.workers, progress=not args.quiet)
 
     if args.report_json:
-        Path(args.report_json).write_text(json.dumps(summary.report(), indent=2) + "\n")
+        write_json(args.report_json, summary.report())
     earlier = summary.clips_ok - summary.new_clips
     print(f"preprocess: {summary.clips_ok} clips ok ({summary.new_clips} new, {earlier} done earlier), "
           f"{summary.frames} frames, {len(summary.skipped)} skipped -> {args.out}")

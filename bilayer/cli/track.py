@@ -15,19 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
 
-    from bilayer.errors import InputError
-    from bilayer.runtime.files import atomic_path
+    from bilayer.runtime.files import atomic_path, check_output_file
     from bilayer.runtime.pipeline import record_track
 
-    out = Path(args.out)
-    if out.suffix != ".npy":
-        raise InputError(f"{out}: the track is written as .npy")
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: folder {out.parent} does not exist")
+    out = check_output_file(args.out, (".npy",))
     fps, track, faceless = record_track(args.video, args.max_frames, progress=not args.quiet)
     with atomic_path(out) as tmp:
         np.save(tmp, track)

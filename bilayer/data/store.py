@@ -34,11 +34,14 @@ import re
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import numpy as np
 
+from bilayer.errors import InputError
+
 MANIFEST, SKIPPED, SHARDS, TMP = "manifest.jsonl", "skipped.jsonl", "shards", "tmp"
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -125,15 +128,21 @@ def _append_line(path: Path, obj: dict) -> None:
         os.close(fd)  # releases the lock
 
 
-def _read_lines(path: Path) -> Iterator[dict]:
-    """JSON objects of a .jsonl file; a torn last line (crash mid-write) is ignored."""
+def _read_records(path: Path, record: type[R]) -> Iterator[R]:
+    """The records of a .jsonl file; a torn last line (crash mid-write) is ignored, any other line
+    that is not such a record is an `InputError` naming the file and the line."""
     if not path.exists():
         return
     with open(path, "rb") as f:
-        for raw in f:
+        for number, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 return
-            yield json.loads(raw)
+            try:
+                item = record(**json.loads(raw))
+            except (ValueError, TypeError) as e:  # not JSON, not an object, wrong fields
+                reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+                raise InputError(f"{path}: line {number} is not a valid {record.__name__} ({reason})") from None
+            yield item
 
 
 def _repair_tail(path: Path) -> None:
@@ -170,11 +179,11 @@ class DatasetStore:
 
     def clips(self) -> list[ClipRecord]:
         """Manifest records, the latest one per source, sorted by clip id."""
-        latest = {r["source"]: ClipRecord(**r) for r in _read_lines(self.root / MANIFEST)}
+        latest = {r.source: r for r in _read_records(self.root / MANIFEST, ClipRecord)}
         return sorted(latest.values(), key=lambda r: r.clip_id)
 
     def skipped(self) -> dict[SourceKey, SkipRecord]:
-        return {s.key: s for s in (SkipRecord(**r) for r in _read_lines(self.root / SKIPPED))}
+        return {s.key: s for s in _read_records(self.root / SKIPPED, SkipRecord)}
 
     def add_clip(self, record: ClipRecord) -> None:
         _append_line(self.root / MANIFEST, asdict(record))
@@ -230,10 +239,17 @@ class ClipWriter:
 
 
 class ClipReader:
-    """Random access to the frames and annotations of one clip file."""
+    """Random access to the frames and annotations of one clip file. A missing or damaged file is an
+    `InputError` naming it."""
 
     def __init__(self, path: str | Path):
-        self._zip = zipfile.ZipFile(path)
+        self.path = Path(path)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot read the clip file ({e.strerror})") from None
+        except zipfile.BadZipFile as e:
+            raise InputError(f"{self.path}: damaged clip file ({e})") from None
 
     def __enter__(self) -> "ClipReader":
         return self
@@ -241,12 +257,18 @@ class ClipReader:
     def __exit__(self, *exc) -> None:
         self._zip.close()
 
+    def _read(self, member: str) -> bytes:
+        try:
+            return self._zip.read(member)
+        except (KeyError, zipfile.BadZipFile) as e:  # member missing, bad CRC: the message names it
+            raise InputError(f"{self.path}: damaged clip file ({e.args[0]})") from None
+
     def array(self, name: str) -> np.ndarray:
         """One of the ClipArrays fields, e.g. "keypoints" -> (T, 68, 2)."""
-        return np.load(io.BytesIO(self._zip.read(f"{name}.npy")))
+        return np.load(io.BytesIO(self._read(f"{name}.npy")))
 
     def jpeg(self, i: int) -> bytes:
-        return self._zip.read(f"frames/{i:06d}.jpg")
+        return self._read(f"frames/{i:06d}.jpg")
 
     def mask_png(self, i: int) -> bytes:
-        return self._zip.read(f"masks/{i:06d}.png")
+        return self._read(f"masks/{i:06d}.png")

@@ -133,15 +133,6 @@ def generic_onnx(model: BilayerModel, state: AvatarState, fp16: bool = False) ->
     return _export(net, args, net.input_names(), fp16)
 
 
-def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write atomically: a failed export leaves no partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(model.SerializeToString())
-    return path
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two images in [-1, 1], measured on the [0, 1] range."""
     mse = float(np.mean(((np.clip(a, -1, 1) - np.clip(b, -1, 1)) / 2) ** 2))
@@ -189,19 +180,22 @@ def check_parity(model: onnx.ModelProto, reference: nn.Module, feeds: dict[str, 
     return result
 
 
-def export(checkpoint: str | Path, out: str | Path, source: str | Path | None = None, generic: bool = False,
+def export(checkpoint: str | Path | None, out: str | Path, source: str | Path | None = None, generic: bool = False,
            fp16: bool = False, texture_input: bool = False) -> ExportResult:
     """`bilayer export`: the per-avatar graph of `source`, or the generic graph; parity-checked,
-    then written atomically. Sidecars (.npy/.npz next to `out`) hold the avatar's input tensors."""
-    from bilayer.checkpoint import load_model
+    then written atomically. The sidecar (`out` with .npz) holds the avatar's input tensors.
+    checkpoint None: the shipped demo model."""
+    from bilayer.checkpoint import load_model, resolve_checkpoint
     from bilayer.runtime.avatar import Avatar
+    from bilayer.runtime.files import check_output_file
     from bilayer.runtime.motion import motion_samples
 
-    out = Path(out)
-    if out.suffix.lower() != ".onnx":
-        raise InputError(f"{out}: output must be a .onnx file")
+    out = check_output_file(out, (".onnx",))
     if not generic and source is None:
         raise InputError("export of an avatar needs --source PHOTO (or --generic)")
+    if generic and texture_input:
+        raise InputError("--texture-input is for a per-avatar export (the --generic graph always takes the texture)")
+    checkpoint = resolve_checkpoint(checkpoint)
     if source is not None:
         avatar = Avatar.from_image(source, checkpoint)
         anchor = avatar.source_face.keypoints
@@ -213,7 +207,7 @@ def export(checkpoint: str | Path, out: str | Path, source: str | Path | None = 
         anchor = np.zeros((68, 2), np.float32)
     keypoints = motion_samples(anchor, 4)  # (4, 68, 2)
 
-    sidecar, arrays = None, {}
+    arrays: dict[str, np.ndarray] = {}
     if generic:
         net = GenericFrameNet(avatar.model)
         graph = generic_onnx(avatar.model, avatar.state, fp16)
@@ -226,8 +220,10 @@ def export(checkpoint: str | Path, out: str | Path, source: str | Path | None = 
         if texture_input:
             arrays = {"texture": avatar.frame_net.texture.numpy()}
     result = check_parity(graph, reference, {"keypoints": keypoints, **arrays}, fp16)
-    save_onnx(graph, out)
-    if arrays and source is not None:
-        sidecar = out.with_suffix(".npz")
-        np.savez(sidecar, **arrays)
+    sidecar = out.with_suffix(".npz") if arrays and source is not None else None
+    with atomic_path(out) as tmp:  # a failed export leaves no partial file
+        tmp.write_bytes(graph.SerializeToString())
+        if sidecar is not None:  # renamed into place just before the graph: never a graph without it
+            with atomic_path(sidecar) as tmp_npz:
+                np.savez(tmp_npz, **arrays)
     return ExportResult(out, result, sidecar)

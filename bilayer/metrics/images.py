@@ -37,7 +37,6 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     from bilayer.runtime.files import atomic_path
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1])):
             raise OSError(f"{path}: could not write the PNG")

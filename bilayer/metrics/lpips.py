@@ -100,7 +100,8 @@ def lpips_heads_file(net: LPIPSNet) -> Path:
     """The linear-head file shipped by the installed `lpips` package (located without importing it)."""
     spec = importlib.util.find_spec("lpips")
     if spec is None or not spec.submodule_search_locations:
-        raise MetricUnavailable("the `lpips` package (linear heads) is not installed: pip install 'bilayer[eval]'")
+        raise MetricUnavailable("the `lpips` package (linear heads) is not installed: "
+                                "pip install --no-deps lpips==0.1.4 (as `make setup` does)")
     path = Path(list(spec.submodule_search_locations)[0]) / "weights" / f"v{LPIPS_VERSION}" / f"{net}.pth"
     if not path.is_file():
         raise MetricUnavailable(f"{path}: LPIPS v{LPIPS_VERSION} heads for {net!r} not found in the lpips package")

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from bilayer.config import ModelConfig
-from bilayer.nets.embedder import encoder_channels
 from bilayer.nets.layers import ResBlock, conv
 
 
@@ -28,7 +27,7 @@ class Discriminator(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         sn, slope, eps = cfg.spectral_norm, cfg.leaky_slope, cfg.bn_eps
-        ch = encoder_channels(cfg, cfg.dis_channels, cfg.dis_max_channels, cfg.dis_output_size)
+        ch = cfg.encoder_channels(cfg.dis_channels, cfg.dis_max_channels, cfg.dis_output_size)
         self.stem = conv(3 + cfg.landmark_channels, ch[0], 3, sn)
         blocks = [ResBlock(a, b, True, True, slope, sn, eps) for a, b in zip(ch[:-1], ch[1:])]
         blocks.append(ResBlock(ch[-1], ch[-1], False, True, slope, sn, eps))

@@ -12,27 +12,17 @@ import torch
 from torch import Tensor, nn
 
 from bilayer.config import ModelConfig
-from bilayer.nets.layers import ResBlock, apply_mask, channels_at, conv
-from bilayer.nets.texture_generator import texture_channels
-
-
-def encoder_channels(cfg: ModelConfig, base: int, cap: int, out_size: int) -> list[int]:
-    """Channels at H, H/2, ..., out_size for a downsampling encoder (A.2 rule)."""
-    sizes, s = [], cfg.image_size
-    while s >= out_size:
-        sizes.append(s)
-        s //= 2
-    return [channels_at(s, cfg.image_size, base, cap) for s in sizes]
+from bilayer.nets.layers import ResBlock, apply_mask, conv
 
 
 class Embedder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         sn, slope = cfg.spectral_norm, cfg.leaky_slope
-        enc = encoder_channels(cfg, cfg.emb_channels, cfg.emb_max_channels, cfg.embedding_size)
+        enc = cfg.encoder_channels(cfg.emb_channels, cfg.emb_max_channels, cfg.embedding_size)
         self.stem = conv(3 + cfg.landmark_channels, enc[0], 3, sn)
         self.down = nn.Sequential(*[ResBlock(a, b, True, False, slope, sn) for a, b in zip(enc[:-1], enc[1:])])
-        outs = texture_channels(cfg)[1:]
+        outs = cfg.embedding_channels
         self.blocks = nn.ModuleList(
             ResBlock(a, b, False, False, slope, sn) for a, b in zip([enc[-1]] + outs[:-1], outs)
         )

@@ -19,19 +19,17 @@ from bilayer.nets.layers import (
     AdaptiveBatchNorm,
     AdaptiveDecoder,
     Params,
-    channels_at,
     conv,
     linear,
     make_skip_factory,
 )
 from bilayer.nets.projector import Projector
-from bilayer.nets.texture_generator import texture_channels
 
 
-def identity_grid(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
+def identity_grid(h: int, w: int) -> Tensor:
     """Sampling grid of pixel centres (grid_sample, align_corners=False): (1, H, W, 2) as (x, y)."""
-    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h * 2 - 1
-    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w * 2 - 1
+    ys = (torch.arange(h) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w) + 0.5) / w * 2 - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx, gy], dim=-1)[None]
 
@@ -44,15 +42,10 @@ class InferenceOutput:
     mask_logit: Tensor  # (B, 1, H, W)
 
 
-def inference_channels(cfg: ModelConfig) -> list[int]:
-    sizes = [cfg.generator_input_size * 2**i for i in range(cfg.num_blocks + 1)]
-    return [channels_at(s, cfg.image_size, cfg.inf_channels, cfg.inf_max_channels) for s in sizes]
-
-
 class InferenceGenerator(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        ch = inference_channels(cfg)
+        ch = cfg.generator_channels(cfg.inf_channels, cfg.inf_max_channels)
         sn, s0 = cfg.spectral_norm, cfg.generator_input_size
         self.c0, self.s0 = ch[0], s0
         dims = [2 * cfg.num_keypoints] + [cfg.kp_hidden] * (cfg.kp_layers - 1) + [ch[0] * s0 * s0]
@@ -70,7 +63,7 @@ class InferenceGenerator(nn.Module):
         self.head_warp = conv(ch[-1], 2, 3, sn)
         self.head_mask = conv(ch[-1], 1, 3, sn)
         self.projector = Projector(
-            self.decoder.block_specs(), texture_channels(cfg)[1:], cfg.inf_projection_size, sn
+            self.decoder.block_specs(), cfg.embedding_channels, cfg.inf_projection_size, sn
         )
         self.register_buffer("grid0", identity_grid(cfg.image_size, cfg.image_size), persistent=False)
 

@@ -264,11 +264,6 @@ class UpResBlock(nn.Module):
         return h + self.skip(x)
 
 
-def channels_at(size: int, image_size: int, base: int, cap: int) -> int:
-    """Channel rule of A.2: `base` at full resolution, x2 per halving, capped at `cap`."""
-    return min(base * (image_size // size), cap)
-
-
 class AdaptiveDecoder(nn.Module):
     """The stack shared by both generators: K upsampling blocks, an output norm and activation.
 

@@ -16,23 +16,16 @@ from bilayer.nets.layers import (
     AdaSPADE,
     AdaptiveModule,
     Params,
-    channels_at,
     conv,
     make_skip_factory,
 )
 from bilayer.nets.projector import Projector
 
 
-def texture_channels(cfg: ModelConfig) -> list[int]:
-    """Channels at 4x4, 8x8, ..., HxW; block k's output channels = embedding k's channels."""
-    sizes = [cfg.generator_input_size * 2**i for i in range(cfg.num_blocks + 1)]
-    return [channels_at(s, cfg.image_size, cfg.tex_channels, cfg.tex_max_channels) for s in sizes]
-
-
 class TextureGenerator(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        ch = texture_channels(cfg)
+        ch = cfg.generator_channels(cfg.tex_channels, cfg.tex_max_channels)  # ch[1:] = cfg.embedding_channels
         s0 = cfg.generator_input_size
 
         def make_norm(c: int, size: int) -> AdaptiveModule:

@@ -72,7 +72,8 @@ class OrtRunner:
 
 RunnerFactory = Callable[[FrameNet, "np.ndarray | None"], Runner]
 
-#: "backend/precision" -> runner factory (net, calibration keypoints (N, 68, 2) or None).
+#: "backend/precision" -> runner factory (net, calibration keypoints (N, 68, 2) or None); the same
+#: names as `choices.RUNNER_PRECISIONS` (which the CLI reads without importing torch).
 RUNNERS: dict[str, RunnerFactory] = {
     "torch/fp32": lambda net, _: TorchRunner(net, torch.float32),
     "torch/bf16": lambda net, _: TorchRunner(net, torch.bfloat16),
@@ -81,8 +82,6 @@ RUNNERS: dict[str, RunnerFactory] = {
     "onnxruntime/fp16": lambda net, _: OrtRunner(net, "fp16"),
     "onnxruntime/int8": lambda net, calib: OrtRunner(net, "int8", calib),
 }
-BACKENDS = sorted({name.split("/")[0] for name in RUNNERS})
-PRECISIONS = sorted({name.split("/")[1] for name in RUNNERS})
 
 
 def check_backend(backend: str, precision: str) -> str:

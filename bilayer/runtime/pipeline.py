@@ -15,6 +15,7 @@ source pose), so the output keeps the driver's frame count and stays in sync wit
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,17 @@ class AnimateOptions:
     precision: str = "fp32"
     fps: float = 25.0  # frame rate of a keypoint track (a video keeps its own)
     max_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise InputError(f"fps must be a number > 0, got {self.fps:g}")
+        check_max_frames(self.max_frames)
+
+
+def check_max_frames(max_frames: int | None) -> None:
+    """None (all frames) or at least 1."""
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"max_frames must be >= 1, got {max_frames}")
 
 
 @dataclass
@@ -69,6 +81,8 @@ def load_keypoint_track(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read keypoints ({str(e).splitlines()[0]})") from None
     if track.ndim != 3 or track.shape[1:] != (68, 2) or len(track) == 0:
         raise InputError(f"{path}: keypoints must have shape (T, 68, 2), got {track.shape}")
+    if track.dtype.kind not in "iuf":
+        raise InputError(f"{path}: keypoints must be numbers, got dtype {track.dtype}")
     if not np.isfinite(track).all():
         raise InputError(f"{path}: keypoints contain NaN or Inf")
     if np.abs(track).max() > 2:
@@ -110,6 +124,7 @@ def record_track(video: str | Path, max_frames: int | None = None, progress: boo
     video = Path(video)
     if not video.is_file():
         raise InputError(f"{video}: driver video not found")
+    check_max_frames(max_frames)
     fps, frames = track_video(video, 256, max_frames)
     found = [f.keypoints for f in tqdm(frames, unit="frame", disable=not progress, desc="track")]
     first = next((k for k in found if k is not None), None)

@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from bilayer.errors import InputError
-from bilayer.runtime.files import atomic_path
+from bilayer.runtime.files import atomic_path, check_output_file
 
 OUTPUT_EXTENSIONS = (".mp4", ".mkv", ".mov")
 #: Audio codecs a container takes by stream copy (anything else is transcoded to AAC); None: all.
@@ -29,16 +29,13 @@ REMUX_CODECS: dict[str, set[str] | None] = {
 
 
 def video_codec() -> str:
+    """H.264 when PyAV's FFmpeg has libx264, else MPEG-4 Part 2 (always built in)."""
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
 def check_output_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix.lower() not in OUTPUT_EXTENSIONS:
-        raise InputError(f"{path}: output must be one of {', '.join(OUTPUT_EXTENSIONS)}")
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
-    return path
+    """A video output path (`files.check_output_file` with the video extensions)."""
+    return check_output_file(path, OUTPUT_EXTENSIONS)
 
 
 class VideoEncoder:

@@ -12,15 +12,11 @@ Unknown keys and wrong types are rejected with the key (and file) named. The res
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from bilayer.config import PRESETS, ConfigError, ModelConfig, from_dict, read_yaml, to_dict
+from bilayer.config import PRESETS, ConfigError, ModelConfig, from_dict, read_yaml, to_dict, with_overrides
 from bilayer.losses import LossWeights
 
 
@@ -97,33 +93,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-
-
-def _set_path(data: dict[str, Any], cls: type, key: str, value: Any) -> None:
-    """data[a][b]... = value for `a.b...`, checking every part against the dataclass fields."""
-    parts = key.split(".")
-    node, tp = data, cls
-    for i, part in enumerate(parts):
-        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
-        if part not in hints:
-            raise ConfigError(f"override {key}: unknown key {part!r}")
-        if i == len(parts) - 1:
-            node[part] = value
-            return
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key}: {part!r} is not a mapping")
-        tp = hints[part]
+        if self.updater.iterations > 0 and self.model.upd_steps < 1:
+            # With M = 0 the updater stage has nothing to train (its loss has no gradient).
+            raise ValueError(
+                f"model.upd_steps must be >= 1 when updater.iterations > 0, got {self.model.upd_steps}"
+            )
 
 
 def train_config(data: dict[str, Any], overrides: list[str] = ()) -> TrainConfig:
     """TrainConfig from a plain dict: `key=value` overrides (values as YAML), then the model preset."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        _set_path(data, TrainConfig, key, yaml.safe_load(raw))
+    data = with_overrides(TrainConfig, data, list(overrides))
     size = data.get("model_size", TrainConfig.model_size)
     if size not in PRESETS:
         raise ConfigError(f"TrainConfig.model_size: {size!r} is not one of {tuple(PRESETS)}")

@@ -12,13 +12,7 @@ import numpy as np
 from bilayer.data.samples import encode_video
 from bilayer.data.synthetic.animator import HeadAnimator
 from bilayer.data.synthetic.motion import MotionRanges, random_motion
-
-
-def video_codec() -> str:
-    """H.264 when PyAV's FFmpeg has libx264, else MPEG-4 Part 2 (always built in)."""
-    import av
-
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+from bilayer.runtime.video import video_codec
 
 
 def make_clip(photo: str | Path | HeadAnimator, out_path: str | Path, seconds: float = 4.0, fps: int = 25,

@@ -90,7 +90,7 @@ def make_demo_set(out_dir: str | Path, cache_dir: str | Path | None, clips_per_p
     `cache_dir` holds the registry archives (see `sample_photos`; None: only the two photos of
     installed packages). Clips are made in `workers` processes, deterministic per `seed`.
     """
-    from bilayer.data.synthetic.clips import video_codec
+    from bilayer.runtime.video import video_codec
 
     out_dir = Path(out_dir)
     photos = sample_photos(cache_dir)
