@@ -24,7 +24,7 @@ demo: setup
 
 # The recipe of the shipped demo model (docs/demo_model.md): synthetic clips of registry photos
 # -> preprocessing -> both training stages -> demo model, motion track and held-out evaluation.
-# About 4 h on 2 CPU cores, almost all of it training; preprocessing and training resume.
+# About 4 h on 2 CPU cores, almost all of it training; clip making, preprocessing and training resume.
 BILAYER := $(VENV)/bin/bilayer
 demo-model: setup
 	$(PY) scripts/make_demo_data.py --out demo/videos --clips-per-photo 6 --seconds 4 --size 256

@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bilayer.data.preprocess import FaceAnnotator, PreprocessConfig, run_preprocess
+from bilayer.data.preprocess import FaceAnnotator
+from bilayer.data.preprocess.pipeline import PreprocessConfig, run_preprocess
 from bilayer.data.preprocess.pipeline import Job, process_clip
 from bilayer.data.samples import encode_video, head_motion_frames
 from bilayer.data.store import DatasetStore, SourceKey

@@ -44,7 +44,7 @@ def annotator():
 @pytest.fixture(scope="session")
 def dataset_dir(media_dir, tmp_path_factory) -> Path:
     """`media_dir` preprocessed once, uninterrupted, by one process."""
-    from bilayer.data.preprocess import run_preprocess
+    from bilayer.data.preprocess.pipeline import run_preprocess
 
     out = tmp_path_factory.mktemp("dataset")
     summary = run_preprocess([media_dir], out, progress=False)

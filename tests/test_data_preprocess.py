@@ -120,6 +120,25 @@ def test_bad_inputs_are_skipped_with_reasons_and_keep_earlier_output(dataset_dir
     assert len((out / "skipped.jsonl").read_text().splitlines()) == len(expected)
 
 
+def test_a_dataset_keeps_the_settings_it_was_made_with(dataset_dir, tmp_path, capsys):
+    """A re-run with other settings would mix crops of two kinds in one dataset: refused, with the
+    differences named; the same settings resume as before."""
+    out = tmp_path / "dataset"
+    shutil.copytree(dataset_dir, out)
+    recorded = json.loads((out / "settings.json").read_text())
+    assert recorded["annotator"]["image_size"] == 256 and recorded["max_frames"] is None
+    portrait = str(Path(DatasetStore(out).clips()[0].source))
+    manifest = (out / "manifest.jsonl").read_bytes()
+
+    argv = ["preprocess", portrait, "--out", str(out), "--quiet"]
+    assert main([*argv, "--set", "annotator.image_size=128", "--set", "max_frames=10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "made with other settings" in err, err
+    assert "annotator.image_size: 256 -> 128" in err and "max_frames: None -> 10" in err
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+    assert main(argv) == 0 and "0 new, 1 done earlier" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv", [
     ["preprocess", "/nonexistent/video.mp4", "--out", "OUT"],
     ["preprocess", "INPUT"],  # no --out
@@ -172,7 +191,7 @@ def test_kill_9_then_resume_gives_the_same_manifest(dataset_dir, media_dir, tmp_
 
 
 def test_two_workers_fill_the_same_dataset(dataset_dir, media_dir, tmp_path):
-    from bilayer.data.preprocess import run_preprocess
+    from bilayer.data.preprocess.pipeline import run_preprocess
 
     summary = run_preprocess([media_dir], tmp_path / "parallel", workers=2, progress=False)
     assert summary.clips_ok == 3 and summary.frames == 101 and not summary.skipped

@@ -127,6 +127,24 @@ def test_cli_backend_choices_are_the_runners_and_help_stays_light():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_runtime_loads_nothing_of_training_losses_or_the_dataset_writer():
+    """The runtime, file side included (photo and driver annotation), stays off the training
+    code, the losses and the preprocessing's dataset writer and store."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import bilayer.cli.animate, bilayer.cli.demo, bilayer.runtime.pipeline, bilayer.runtime.faces\n"
+        "from bilayer.runtime import Avatar\n"
+        "import bilayer.data.preprocess.annotator, bilayer.data.preprocess.media\n"
+        "banned = ('bilayer.training', 'bilayer.losses', 'bilayer.data.preprocess.pipeline', 'bilayer.data.store')\n"
+        "loaded = [m for m in sys.modules if m.startswith(banned)]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_one_video_codec_choice():
     from bilayer.data.synthetic import clips
     from bilayer.runtime import video

@@ -166,6 +166,17 @@ def test_make_demo_set_without_download(tmp_path):
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.mp4"))
     assert files == ["driving/grace_hopper_drive.mp4", "heldout/grace_hopper/grace_hopper_00.mp4",
                      "train/astronaut/astronaut_00.mp4"]
+    # Resumable: a re-run keeps the clips it finds (bytes and times, so preprocessing skips them)
+    # and makes the missing ones; other settings in the same folder are refused.
+    stamps = {f: (tmp_path / f).stat().st_mtime_ns for f in files}
+    (tmp_path / files[0]).unlink()
+    again = make_demo_set(tmp_path, None, clips_per_photo=1, seconds=0.4, fps=25, size=192, drive_seconds=0.4,
+                          workers=1, progress=False)
+    assert again == manifest and (tmp_path / files[0]).exists()
+    assert all((tmp_path / f).stat().st_mtime_ns == stamps[f] for f in files[1:])
+    with pytest.raises(InputError, match=r"made with other settings \(seconds: 0\.4 -> 0\.8\)"):
+        make_demo_set(tmp_path, None, clips_per_photo=1, seconds=0.8, fps=25, size=192, drive_seconds=0.4,
+                      workers=1, progress=False)
 
 
 def test_sample_photos_of_installed_packages():

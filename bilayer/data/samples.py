@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from bilayer.data.preprocess.native import quiet_stderr
+from bilayer.runtime.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,13 @@ def encode_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str
                  audio: bool = True) -> Path:
     """frames (T, H, W, 3) uint8 RGB -> a video file; codec "libx264" (H.264) or "mpeg4" (Part 2).
 
-    `audio` adds a mono 16 kHz speech-like track: AAC, or MP2 in an .avi.
+    `audio` adds a mono 16 kHz speech-like track: AAC, or MP2 in an .avi. Written atomically.
     """
     import av
 
     path = Path(path)
     h, w = frames.shape[1:3]
-    with av.open(str(path), "w") as out:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w") as out:
         video = out.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
         if codec == "libx264":

@@ -3,6 +3,7 @@
     DATASET/
       manifest.jsonl     one JSON line per finished clip (the source of truth)
       skipped.jsonl      one JSON line per skipped input: {"source", "size", "mtime_ns", "reason"}
+      settings.json      the preprocessing settings (PreprocessConfig) of every clip
       shards/3f/<clip_id>.zip
       tmp/               clip files being written (one per running worker)
 
@@ -34,13 +35,16 @@ import re
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import numpy as np
 
+from bilayer.config import config_changes
 from bilayer.errors import InputError
+from bilayer.runtime.files import write_json
 
 MANIFEST, SKIPPED, SHARDS, TMP = "manifest.jsonl", "skipped.jsonl", "shards", "tmp"
+SETTINGS = "settings.json"  # the preprocessing config every clip of the dataset was made with
 R = TypeVar("R")
 
 
@@ -176,6 +180,23 @@ class DatasetStore:
             pid = int(tmp.stem.rsplit("-", 1)[-1])
             if not _pid_alive(pid):
                 tmp.unlink(missing_ok=True)
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Record the preprocessing settings on the first run; refuse to add clips made with other
+        settings to a dataset (an `InputError` listing the differences). A dataset written before
+        settings were recorded takes the current ones."""
+        path = self.root / SETTINGS
+        if not path.exists():
+            write_json(path, settings)
+            return
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: cannot read the dataset's settings ({e})") from None
+        changed = config_changes(recorded, settings)
+        if changed:
+            raise InputError(f"{self.root}: made with other settings ({'; '.join(changed)}); "
+                             f"preprocess into a new folder or use the recorded settings ({path})")
 
     def clips(self) -> list[ClipRecord]:
         """Manifest records, the latest one per source, sorted by clip id."""

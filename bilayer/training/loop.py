@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bilayer.checkpoint import read_checkpoint, save_checkpoint
-from bilayer.config import to_dict
+from bilayer.config import config_changes, to_dict
 from bilayer.errors import InputError
 from bilayer.losses import Frame, Objective, warp_weight
 from bilayer.nets import BilayerModel
@@ -363,18 +363,6 @@ class Trainer:
         changed = config_changes(ckpt["meta"].get("train_config", {}), to_dict(self.cfg))
         if changed:
             distributed.print0(f"bilayer train: config differs from {path}: {'; '.join(changed)}")
-
-
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """`key: old -> new` for every leaf that differs between two config dicts."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
 
 
 def train(cfg: TrainConfig, dataset: Dataset, run_dir: str | Path, resume: bool = False,

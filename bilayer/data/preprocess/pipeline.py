@@ -21,6 +21,7 @@ from bilayer.data.preprocess.media import MediaReader, SkipInput, is_media
 from bilayer.data.store import (
     ClipArrays, ClipRecord, ClipWriter, DatasetStore, SkipRecord, SourceKey, clip_file_for, clip_id_for,
 )
+from bilayer.config import to_dict
 from bilayer.errors import InputError
 
 
@@ -199,6 +200,7 @@ def run_preprocess(inputs: list[str | Path], out: str | Path, cfg: PreprocessCon
     store = DatasetStore(out)
     jobs = expand_inputs(inputs, cfg.identity_from)
     store.prepare()
+    store.check_settings(to_dict(cfg))
     done = {r.key: r for r in store.clips()}
     skips = store.skipped()
     todo = [j for j in jobs if j.key not in done and j.key not in skips]

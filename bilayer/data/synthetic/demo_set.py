@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from bilayer.config import config_changes
 from bilayer.data.synthetic.photos import Photo, sample_photos
+from bilayer.errors import InputError
+from bilayer.runtime.files import write_json
 
 HELDOUT_IDENTITIES = ("audrey", "biden", "connery", "grace_hopper")  # two men, two women, three archives
 DRIVING_PHOTOS = ("biden", "grace_hopper")  # the first one available drives the demo
@@ -88,20 +91,16 @@ def make_demo_set(out_dir: str | Path, cache_dir: str | Path | None, clips_per_p
     """Write the whole video set and clips.json into `out_dir`; returns the manifest.
 
     `cache_dir` holds the registry archives (see `sample_photos`; None: only the two photos of
-    installed packages). Clips are made in `workers` processes, deterministic per `seed`.
+    installed packages). Clips are made in `workers` processes, deterministic per `seed`. Resumable:
+    clip files are written atomically, so a clip already in `out_dir` is kept (its bytes and
+    modification time, so that `bilayer preprocess` does not redo it); a folder made with other
+    generator settings is refused.
     """
     from bilayer.runtime.video import video_codec
 
     out_dir = Path(out_dir)
     photos = sample_photos(cache_dir)
     specs = plan_clips(photos, clips_per_photo, seconds, drive_seconds, seed)
-    paths = {p.name: str(p.path) for p in photos}
-    jobs = [_Job(s, paths[s.photo], fps, size) for s in specs]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, workers), ctx) as pool:
-        for done, (spec, took) in enumerate(zip(specs, pool.map(_make, jobs, [str(out_dir)] * len(jobs))), 1):
-            if progress:
-                print(f"[{done}/{len(specs)}] {spec.file} ({took:.1f} s)", flush=True)
     manifest = {
         "generator": {"clips_per_photo": clips_per_photo, "seconds": seconds, "drive_seconds": drive_seconds,
                       "fps": fps, "size": size, "seed": seed, "codec": video_codec()},
@@ -110,5 +109,29 @@ def make_demo_set(out_dir: str | Path, cache_dir: str | Path | None, clips_per_p
         "photos": [{"name": p.name, "identity": p.identity, "path": str(p.path)} for p in photos],
         "clips": [asdict(s) for s in specs],
     }
-    (out_dir / "clips.json").write_text(json.dumps(manifest, indent=1))
+    _check_generator(out_dir / "clips.json", manifest["generator"])
+    write_json(out_dir / "clips.json", manifest)
+    paths = {p.name: str(p.path) for p in photos}
+    todo = [s for s in specs if not (out_dir / s.file).exists()]
+    if progress and len(todo) < len(specs):
+        print(f"{len(specs) - len(todo)} of {len(specs)} clips already made", flush=True)
+    jobs = [_Job(s, paths[s.photo], fps, size) for s in todo]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, workers), ctx) as pool:
+        for done, (spec, took) in enumerate(zip(todo, pool.map(_make, jobs, [str(out_dir)] * len(jobs))), 1):
+            if progress:
+                print(f"[{done}/{len(todo)}] {spec.file} ({took:.1f} s)", flush=True)
     return manifest
+
+
+def _check_generator(path: Path, generator: dict) -> None:
+    """Clips already in the folder were made with these settings, or there are none."""
+    if not path.exists():
+        return
+    try:
+        recorded = json.loads(path.read_text())["generator"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: cannot read the video set's settings ({e!r})") from None
+    changed = config_changes(recorded, generator)
+    if changed:
+        raise InputError(f"{path.parent}: made with other settings ({'; '.join(changed)}); use a new folder")
