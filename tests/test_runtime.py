@@ -220,6 +220,31 @@ def test_animate_from_a_keypoint_track_with_onnxruntime(media_dir, tiny_checkpoi
     assert probe(out) == (7, (64, 64), 10.0, 0)
 
 
+def test_animate_puts_the_foreground_on_the_chosen_background(media_dir, tiny_checkpoint, tmp_path, capsys):
+    """output = render * mask + background * (1 - mask): white minus black is 255 * (1 - mask);
+    `none` keeps the raw render."""
+    import av
+
+    track = tmp_path / "track.npy"
+    np.save(track, motion_samples(np.zeros((68, 2), np.float32) + 0.1, 2))
+    source = media_dir / "bob" / "portrait.png"
+    first = {}
+    for background in ("white", "black", "none"):
+        out = tmp_path / f"{background}.mkv"
+        code, _, _ = run_animate(capsys, "--source", source, "--keypoints", track, "--out", out,
+                                 "--checkpoint", tiny_checkpoint, "--background", background)
+        assert code == 0
+        with av.open(str(out)) as c:
+            first[background] = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(np.float32) / 255
+    avatar = Avatar.from_image(source, tiny_checkpoint)
+    image, mask = avatar.render(np.load(track)[0])
+    outside = 1 - mask[0, 0].numpy()[..., None]  # (S, S, 1)
+    assert outside.mean() > 0.1  # enough background to see
+    assert np.abs(first["white"] - first["black"] - outside).mean() < 0.03  # video coding error
+    raw = (image[0].permute(1, 2, 0).numpy() + 1) / 2
+    assert np.abs(first["none"] - raw.clip(0, 1)).mean() < 0.03
+
+
 def bad_track(tmp_path, kind):
     path = tmp_path / f"{kind}.npy"
     track = np.zeros((5, 68, 2), np.float32)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from bilayer.runtime.choices import BACKENDS, PRECISIONS, RUNNER_PRECISIONS
+from bilayer.runtime.choices import BACKENDS, BACKGROUNDS, PRECISIONS, RUNNER_PRECISIONS
 
 
-def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """--backend and --precision (also used by `bilayer demo`)."""
+def add_render_arguments(p: argparse.ArgumentParser) -> None:
+    """--background, --backend and --precision (also used by `bilayer demo`)."""
+    p.add_argument("--background", choices=tuple(BACKGROUNDS), default="black",
+                   help="behind the predicted mask (none: the raw render, whose background is untrained)")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     per_backend = "; ".join(f"{b}: {', '.join(ps)}" for b, ps in RUNNER_PRECISIONS.items())
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"{per_backend} (torch fp16: for GPUs)")
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--relative", action="store_true",
                    help="transfer the driver's motion relative to its first frame (cross-reenactment)")
     p.add_argument("--side-by-side", action="store_true", help="write source | driver | result")
-    add_backend_arguments(p)
+    add_render_arguments(p)
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of a --keypoints track (> 0)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N >= 1 driver frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -34,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bilayer.runtime.pipeline import AnimateOptions, animate
 
-    options = AnimateOptions(args.relative, args.side_by_side, args.backend, args.precision, args.fps, args.max_frames)
+    options = AnimateOptions(args.relative, args.side_by_side, args.backend, args.precision, args.fps, args.max_frames,
+                             args.background)
     r = animate(args.source, args.out, args.checkpoint, args.driver, args.keypoints, options, progress=not args.quiet)
     audio = "with audio" if r.has_audio else "no audio"
     print(f"{r.path}: {r.frames} frames at {r.fps:g} fps, {audio}; init {r.init_ms:.0f} ms, "

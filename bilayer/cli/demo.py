@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from bilayer.assets import DEMO_TRACK, DEMO_TRACK_FPS
-from bilayer.cli.animate import add_backend_arguments
+from bilayer.cli.animate import add_render_arguments
 
 DEMO_PHOTO = "grace_hopper"
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--source", metavar="PHOTO", help="your own photo instead of the bundled one")
     p.add_argument("--checkpoint", metavar="C", help="model checkpoint (default: the shipped demo model)")
-    add_backend_arguments(p)
+    add_render_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     check_output_folder(args.out).mkdir(parents=True, exist_ok=True)
     source = args.source or SAMPLE_PHOTOS[DEMO_PHOTO].path
-    options = AnimateOptions(relative=True, backend=args.backend, precision=args.precision, fps=DEMO_TRACK_FPS)
+    options = AnimateOptions(relative=True, backend=args.backend, precision=args.precision, fps=DEMO_TRACK_FPS,
+                             background=args.background)
     outputs = {"video": args.out / "output.mp4", "side by side": args.out / "side_by_side.mp4",
                "contact sheet": args.out / "contact_sheet.png"}
     r = animate(source, outputs["video"], args.checkpoint, keypoints=DEMO_TRACK, options=options,

@@ -1,5 +1,6 @@
-"""Backends and precisions of the per-frame runners (`backends.RUNNERS`, named "backend/precision"),
-without importing torch, so that the CLI offers them as choices while `bilayer --help` stays instant."""
+"""Choices of the per-frame runtime without importing torch, so that the CLI offers them while
+`bilayer --help` stays instant: the runners' backends and precisions (`backends.RUNNERS`, named
+"backend/precision") and the backgrounds of the output video."""
 from __future__ import annotations
 
 #: backend -> the precisions it runs at (torch/fp16 is meant for GPUs).
@@ -9,3 +10,7 @@ RUNNER_PRECISIONS: dict[str, tuple[str, ...]] = {
 }
 BACKENDS: tuple[str, ...] = tuple(RUNNER_PRECISIONS)
 PRECISIONS: tuple[str, ...] = tuple(dict.fromkeys(p for ps in RUNNER_PRECISIONS.values() for p in ps))
+
+#: Output background -> its value in [-1, 1] behind the predicted mask; "none": the raw render. The
+#: model learns only the foreground (Sec. 3.4), so what it paints behind the mask is untrained.
+BACKGROUNDS: dict[str, float | None] = {"black": -1.0, "white": 1.0, "none": None}

@@ -27,8 +27,10 @@ from tqdm import tqdm
 from bilayer.checkpoint import resolve_checkpoint
 from bilayer.errors import InputError
 from bilayer.metrics.images import to_uint8
+from bilayer.nets import apply_mask
 from bilayer.runtime.avatar import Avatar
 from bilayer.runtime.backends import check_backend
+from bilayer.runtime.choices import BACKGROUNDS
 from bilayer.runtime.motion import RelativeMotion
 from bilayer.runtime.sheet import ContactSheet
 from bilayer.runtime.video import check_output_path, open_video
@@ -42,8 +44,11 @@ class AnimateOptions:
     precision: str = "fp32"
     fps: float = 25.0  # frame rate of a keypoint track (a video keeps its own)
     max_frames: int | None = None
+    background: str = "black"  # behind the predicted mask: a key of choices.BACKGROUNDS
 
     def __post_init__(self) -> None:
+        if self.background not in BACKGROUNDS:
+            raise InputError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise InputError(f"fps must be a number > 0, got {self.fps:g}")
         check_max_frames(self.max_frames)
@@ -203,8 +208,9 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
         fps, frames = track_video(Path(driver), size, options.max_frames)
         total = None
 
-    # 4-5. Motion, render, encode.
+    # 4-5. Motion, render (the foreground on the chosen background), encode.
     driving = Driving(avatar.source_face.keypoints, options.relative)
+    background = BACKGROUNDS[options.background]
     times, faceless = [], 0
     audio = Path(driver) if driver is not None else None
     sheet = ContactSheet() if contact_sheet is not None else None
@@ -215,8 +221,10 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
         for index, frame in enumerate(bar):
             faceless += frame.keypoints is None
             t0 = time.perf_counter()
-            image, _ = avatar.render(driving(frame.keypoints))
+            image, mask = avatar.render(driving(frame.keypoints))  # (1, 3, S, S), (1, 1, S, S)
             times.append(time.perf_counter() - t0)
+            if background is not None:
+                image = apply_mask(image, mask, background)
             result = to_uint8(image)[0]
             if options.side_by_side or panels is not None or sheet is not None:
                 panel = np.concatenate([avatar.source_face.image, frame.view, result], axis=1)
