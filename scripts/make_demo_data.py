@@ -4,8 +4,8 @@
 
 Then preprocess each split like real footage:
 
-    bilayer preprocess demo/videos/train demo/data_train
-    bilayer preprocess demo/videos/heldout demo/data_heldout
+    bilayer preprocess demo/videos/train --out demo/data_train
+    bilayer preprocess demo/videos/heldout --out demo/data_heldout
 """
 from __future__ import annotations
 

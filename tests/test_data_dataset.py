@@ -65,9 +65,10 @@ def test_identity_split_is_disjoint_and_stable(tmp_path):
         PairDataset(tmp_path / "nothing")
 
 
-def test_flip_maps_left_eye_keypoints_onto_right_eye_positions(dataset_dir):
-    plain = PairDataset(dataset_dir, "train", DatasetConfig(image_size=128, test_fraction=0, flip_probability=0, seed=3))
-    flipped = PairDataset(dataset_dir, "train", DatasetConfig(image_size=128, test_fraction=0, flip_probability=1, seed=3))
+@pytest.mark.parametrize("split", ["train", "all"])  # "all": a run on every identity flips too
+def test_flip_maps_left_eye_keypoints_onto_right_eye_positions(dataset_dir, split):
+    plain = PairDataset(dataset_dir, split, DatasetConfig(image_size=128, test_fraction=0, flip_probability=0, seed=3))
+    flipped = PairDataset(dataset_dir, split, DatasetConfig(image_size=128, test_fraction=0, flip_probability=1, seed=3))
     for i in range(len(plain)):
         a, b = plain[i], flipped[i]
         for role in ("source", "target"):

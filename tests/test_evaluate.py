@@ -192,6 +192,7 @@ def test_cli_errors_are_one_line(dataset_dir, checkpoint, tmp_path, capsys, argv
 @pytest.mark.parametrize("damage, message", [
     ("truncated_shards", "damaged clip file (File is not a zip file)"),
     ("bad_manifest_line", "manifest.jsonl: line 2 is not a valid ClipRecord (Expecting value)"),
+    ("undecodable_frames", ": frame 0 cannot be decoded (damaged clip file)"),
 ])
 def test_cli_damaged_dataset_is_one_line(dataset_dir, checkpoint, tmp_path, capsys, damage, message):
     import shutil
@@ -201,6 +202,16 @@ def test_cli_damaged_dataset_is_one_line(dataset_dir, checkpoint, tmp_path, caps
     if damage == "truncated_shards":
         for shard in (data / "shards").rglob("*.zip"):
             shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "undecodable_frames":  # a valid zip whose first frame is not a JPEG
+        import zipfile
+
+        for shard in (data / "shards").rglob("*.zip"):
+            with zipfile.ZipFile(shard) as z:
+                members = {name: z.read(name) for name in z.namelist()}
+            members["frames/000000.jpg"] = b"not a jpeg"
+            with zipfile.ZipFile(shard, "w") as z:
+                for name, payload in members.items():
+                    z.writestr(name, payload)
     else:
         lines = (data / "manifest.jsonl").read_text().splitlines(keepends=True)
         lines[1] = '{"clip_id": \n'

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from bilayer.assets import DLIB_FACE_RESNET
 from bilayer.errors import InputError
 from bilayer.perceptual import (
-    DLIB_WEIGHTS, build_perceptual, face_chip, load_dlib_face_resnet, load_vgg19, load_vggface,
+    build_perceptual, face_chip, load_dlib_face_resnet, load_vgg19, load_vggface,
 )
 from bilayer.perceptual.vgg import IMAGENET, VGG16, VGG19, VGGFACE_CAFFE, VGGFeatures
 
@@ -220,6 +221,6 @@ def test_converted_weights_are_reproducible(dlib_models, tmp_path):
     out = tmp_path / "dlib.pt"
     subprocess.run([sys.executable, str(REPO / "scripts" / "convert_dlib_resnet.py"), "--dat", str(dlib_models["dat"]),
                     "--out", str(out)], check=True, capture_output=True)
-    fresh, shipped = (torch.load(p, weights_only=True) for p in (out, DLIB_WEIGHTS))
+    fresh, shipped = (torch.load(p, weights_only=True) for p in (out, DLIB_FACE_RESNET))
     assert fresh.keys() == shipped.keys()
     assert all(torch.equal(fresh[k], shipped[k]) for k in fresh)

@@ -155,6 +155,15 @@ def test_plan_clips_splits_by_identity(tmp_path):
     assert all(full[file] == seed for file, seed in alone.items() if file in full)
 
 
+@pytest.mark.parametrize("seconds, fps", [(0.02, 25), (4, 0)])
+def test_a_clip_needs_two_frames(tmp_path, seconds, fps):
+    from bilayer.data.synthetic.demo_set import make_demo_set
+
+    with pytest.raises(InputError, match="needs at least 2"):
+        make_demo_set(tmp_path, None, seconds=seconds, fps=fps, progress=False)
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
 @pytest.mark.slow
 def test_make_demo_set_without_download(tmp_path):
     from bilayer.data.synthetic.demo_set import make_demo_set

@@ -30,7 +30,7 @@ class DatasetConfig:
     image_size: int = 256  # frames are stored at 256 and resized on load when smaller
     min_gap: int = 0  # |target - source| in stored frames, at least ...
     max_gap: int | None = None  # ... and at most (None: anywhere in the clip)
-    flip_probability: float = 0.5  # horizontal flip of both frames, train split only
+    flip_probability: float = 0.5  # horizontal flip of both frames; never on the test split
     test_fraction: float = 0.05  # fraction of identities held out
     seed: int | None = None  # None: fresh randomness; an int makes item i of epoch e reproducible
 
@@ -93,7 +93,7 @@ class PairDataset(Dataset):
         gap = int(rng.integers(cfg.min_gap, min(last, cfg.max_gap if cfg.max_gap is not None else last) + 1))
         first = int(rng.integers(0, last - gap + 1))
         source, target = (first, first + gap) if rng.random() < 0.5 else (first + gap, first)
-        flip = self.split == "train" and rng.random() < cfg.flip_probability
+        flip = self.split != "test" and rng.random() < cfg.flip_probability  # train or all
         out: dict[str, Tensor] = {}
         with ClipReader(self.root / clip.file) as reader:
             keypoints = reader.array("keypoints")  # (T, 68, 2)
@@ -103,8 +103,8 @@ class PairDataset(Dataset):
 
     def _frame(self, reader: ClipReader, keypoints: np.ndarray, i: int, flip: bool, role: str) -> dict[str, Tensor]:
         s = self.cfg.image_size
-        image = _decode(reader.jpeg(i), cv2.IMREAD_COLOR, s)[..., ::-1]  # (S, S, 3) RGB
-        mask = _decode(reader.mask_png(i), cv2.IMREAD_GRAYSCALE, s)  # (S, S)
+        image = _decode(reader.jpeg(i), cv2.IMREAD_COLOR, s, f"{reader.path}: frame {i}")[..., ::-1]  # (S, S, 3) RGB
+        mask = _decode(reader.mask_png(i), cv2.IMREAD_GRAYSCALE, s, f"{reader.path}: mask {i}")  # (S, S)
         if flip:
             image, mask, keypoints = image[:, ::-1], mask[:, ::-1], flip_keypoints(keypoints)
         landmarks = draw_landmarks(pixel_keypoints(keypoints, s), s)  # (S, S, 3) uint8
@@ -116,8 +116,10 @@ class PairDataset(Dataset):
         }
 
 
-def _decode(data: bytes, flags: int, size: int) -> np.ndarray:
+def _decode(data: bytes, flags: int, size: int, what: str) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise InputError(f"{what} cannot be decoded (damaged clip file)")
     if image.shape[0] != size:
         shrink = image.shape[0] > size
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

@@ -19,9 +19,9 @@ from typing import Callable, Literal
 
 from torch import nn
 
+from bilayer.assets import DLIB_FACE_RESNET
 from bilayer.errors import InputError
 from bilayer.perceptual.dlib_resnet import (
-    DEFAULT_WEIGHTS as DLIB_WEIGHTS,
     DlibFaceResNet,
     FaceDescriptor,
     face_chip,
@@ -36,7 +36,7 @@ _LOADERS: dict[str, Callable[[Path], nn.Module]] = {
     "vggface": load_vggface,
     "dlib_face": load_dlib_face_resnet,
 }
-_DEFAULTS: dict[str, Path] = {"dlib_face": DLIB_WEIGHTS}
+_DEFAULTS: dict[str, Path] = {"dlib_face": DLIB_FACE_RESNET}
 _WHERE = {
     "vgg19": "torchvision's ImageNet vgg19-dcbb9e9d.pth",
     "vggface": "VGG-Face weights, e.g. vgg_face_dag.pth",
@@ -57,6 +57,6 @@ def build_perceptual(name: PerceptualName, weights_path: str | Path | None = Non
 
 
 __all__ = [
-    "DLIB_WEIGHTS", "DlibFaceResNet", "FaceDescriptor", "PerceptualName", "VGGFeatures",
+    "DlibFaceResNet", "FaceDescriptor", "PerceptualName", "VGGFeatures",
     "build_perceptual", "face_chip", "load_dlib_face_resnet", "load_vgg19", "load_vggface",
 ]

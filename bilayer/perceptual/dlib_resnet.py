@@ -26,7 +26,6 @@ from bilayer.assets import DLIB_FACE_RESNET
 from bilayer.errors import InputError
 from bilayer.perceptual.weights import load_into, read_state_dict
 
-DEFAULT_WEIGHTS = DLIB_FACE_RESNET  # the committed port
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 
@@ -149,7 +148,7 @@ class DlibFaceResNet(nn.Module):
         return FaceDescriptor(embedding=embedding, features=features[:5])  # the 2x2 map is no tap
 
 
-def load_dlib_face_resnet(path: str | Path = DEFAULT_WEIGHTS) -> DlibFaceResNet:
+def load_dlib_face_resnet(path: str | Path = DLIB_FACE_RESNET) -> DlibFaceResNet:
     """The converted dlib network (frozen, eval mode) from a state-dict file."""
     return load_into(DlibFaceResNet(), read_state_dict(path), path)
 

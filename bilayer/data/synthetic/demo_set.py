@@ -96,9 +96,12 @@ def make_demo_set(out_dir: str | Path, cache_dir: str | Path | None, clips_per_p
     modification time, so that `bilayer preprocess` does not redo it); a folder made with other
     generator settings is refused.
     """
+    from bilayer.data.synthetic.clips import clip_frames
     from bilayer.runtime.video import video_codec
 
     out_dir = Path(out_dir)
+    for length in (seconds, drive_seconds):  # before any download or clip
+        clip_frames(length, fps)
     photos = sample_photos(cache_dir)
     specs = plan_clips(photos, clips_per_photo, seconds, drive_seconds, seed)
     manifest = {
