@@ -26,8 +26,7 @@ import cv2
 import numpy as np
 
 from bilayer.data.preprocess import FaceAnnotator
-from bilayer.data.preprocess.pipeline import PreprocessConfig, run_preprocess
-from bilayer.data.preprocess.pipeline import Job, process_clip
+from bilayer.data.preprocess.pipeline import Job, PreprocessConfig, process_clip, run_preprocess
 from bilayer.data.samples import encode_video, head_motion_frames
 from bilayer.data.store import DatasetStore, SourceKey
 

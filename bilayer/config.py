@@ -6,6 +6,7 @@ and the file) and wrong types, so a typo in a config never silently falls back t
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -140,6 +141,24 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def check_recorded_settings(path: Path, settings: dict[str, Any], key: str | None = None) -> bool:
+    """Whether the JSON file `path` (its `key` entry, when given) already records `settings`: False
+    when there is no record yet, an `InputError` naming every difference when it records others
+    (the folder's finished work was made with them)."""
+    if not path.exists():
+        return False
+    try:
+        recorded = json.loads(path.read_text())
+        recorded = recorded if key is None else recorded[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: cannot read the recorded settings ({e!r})") from None
+    changed = config_changes(recorded, settings)
+    if changed:
+        raise InputError(f"{path.parent}: made with other settings ({'; '.join(changed)}); "
+                         f"use a new folder or the recorded settings ({path})")
+    return True
 
 
 def with_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

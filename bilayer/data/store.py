@@ -39,7 +39,7 @@ from typing import Any, Iterator, TypeVar
 
 import numpy as np
 
-from bilayer.config import config_changes
+from bilayer.config import check_recorded_settings
 from bilayer.errors import InputError
 from bilayer.runtime.files import write_json
 
@@ -186,17 +186,8 @@ class DatasetStore:
         settings to a dataset (an `InputError` listing the differences). A dataset written before
         settings were recorded takes the current ones."""
         path = self.root / SETTINGS
-        if not path.exists():
+        if not check_recorded_settings(path, settings):
             write_json(path, settings)
-            return
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: cannot read the dataset's settings ({e})") from None
-        changed = config_changes(recorded, settings)
-        if changed:
-            raise InputError(f"{self.root}: made with other settings ({'; '.join(changed)}); "
-                             f"preprocess into a new folder or use the recorded settings ({path})")
 
     def clips(self) -> list[ClipRecord]:
         """Manifest records, the latest one per source, sorted by clip id."""

@@ -1,4 +1,4 @@
-"""Pixel, warp-regularization and segmentation losses, (Sec. 3.2, 3.4; Eq. 2, 9).
+"""Pixel, warp-regularization and segmentation losses (Sec. 3.2, 3.4; Eq. 2, 9).
 
 Norms are averaged over all elements (the 1/HW of the equations, channels included), matching the
 released code for which the paper's loss weights were chosen.

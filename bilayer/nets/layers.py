@@ -25,6 +25,7 @@ Params = Mapping[str, Tensor]
 #: Shapes a layer needs: local name -> (rows, cols).
 Specs = dict[str, tuple[int, int]]
 
+
 def apply_mask(image: Tensor, mask: Tensor, background: float = -1.0) -> Tensor:
     """Blend `image` (B, [N,] 3, H, W) into a constant `background` (-1: black, the foreground the
     networks see, the losses compare and D judges, Sec. 3.4) with `mask` (B, [N,] 1, H, W) in [0, 1]."""

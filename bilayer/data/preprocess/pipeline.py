@@ -16,12 +16,12 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from bilayer.config import to_dict
 from bilayer.data.preprocess.annotator import AnnotatorConfig, FaceAnnotator
 from bilayer.data.preprocess.media import MediaReader, SkipInput, is_media
 from bilayer.data.store import (
     ClipArrays, ClipRecord, ClipWriter, DatasetStore, SkipRecord, SourceKey, clip_file_for, clip_id_for,
 )
-from bilayer.config import to_dict
 from bilayer.errors import InputError
 
 

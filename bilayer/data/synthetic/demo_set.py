@@ -12,7 +12,6 @@ with the training set); docs/demo_data.md gives the reasons for this one.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import time
 import zlib
@@ -21,9 +20,8 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from bilayer.config import config_changes
+from bilayer.config import check_recorded_settings
 from bilayer.data.synthetic.photos import Photo, sample_photos
-from bilayer.errors import InputError
 from bilayer.runtime.files import write_json
 
 HELDOUT_IDENTITIES = ("audrey", "biden", "connery", "grace_hopper")  # two men, two women, three archives
@@ -112,7 +110,7 @@ def make_demo_set(out_dir: str | Path, cache_dir: str | Path | None, clips_per_p
         "photos": [{"name": p.name, "identity": p.identity, "path": str(p.path)} for p in photos],
         "clips": [asdict(s) for s in specs],
     }
-    _check_generator(out_dir / "clips.json", manifest["generator"])
+    check_recorded_settings(out_dir / "clips.json", manifest["generator"], key="generator")
     write_json(out_dir / "clips.json", manifest)
     paths = {p.name: str(p.path) for p in photos}
     todo = [s for s in specs if not (out_dir / s.file).exists()]
@@ -126,15 +124,3 @@ def make_demo_set(out_dir: str | Path, cache_dir: str | Path | None, clips_per_p
                 print(f"[{done}/{len(todo)}] {spec.file} ({took:.1f} s)", flush=True)
     return manifest
 
-
-def _check_generator(path: Path, generator: dict) -> None:
-    """Clips already in the folder were made with these settings, or there are none."""
-    if not path.exists():
-        return
-    try:
-        recorded = json.loads(path.read_text())["generator"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: cannot read the video set's settings ({e!r})") from None
-    changed = config_changes(recorded, generator)
-    if changed:
-        raise InputError(f"{path.parent}: made with other settings ({'; '.join(changed)}); use a new folder")
