@@ -35,18 +35,17 @@ class MetricOptions:
 class MetricSpec:
     name: str
     higher_is_better: bool
-    description: str
     build: Callable[[MetricOptions], PairMetric]
 
 
 _METRICS: dict[str, MetricSpec] = {}
 
 
-def register_metric(name: str, higher_is_better: bool, description: str) -> Callable:
+def register_metric(name: str, higher_is_better: bool) -> Callable:
     """Decorator registering `build(opts) -> PairMetric` under `name`."""
 
     def decorator(build: Callable[[MetricOptions], PairMetric]) -> Callable[[MetricOptions], PairMetric]:
-        _METRICS[name] = MetricSpec(name, higher_is_better, description, build)
+        _METRICS[name] = MetricSpec(name, higher_is_better, build)
         return build
 
     return decorator
@@ -73,7 +72,7 @@ def _requires(*modules: str) -> None:
         raise MetricUnavailable(f"needs {', '.join(missing)}: pip install 'bilayer[data]'")
 
 
-@register_metric("lpips", higher_is_better=False, description="LPIPS v0.1 (net-lin), ImageNet backbone")
+@register_metric("lpips", higher_is_better=False)
 def _build_lpips(opts: MetricOptions) -> PairMetric:
     from bilayer.metrics.lpips import load_lpips
 
@@ -81,21 +80,21 @@ def _build_lpips(opts: MetricOptions) -> PairMetric:
     return lambda pred, target, target_keypoints: lpips(pred, target)
 
 
-@register_metric("ssim", higher_is_better=True, description="SSIM, 11x11 Gaussian window (sigma 1.5)")
+@register_metric("ssim", higher_is_better=True)
 def _build_ssim(opts: MetricOptions) -> PairMetric:
     from bilayer.metrics.ssim import ssim
 
     return lambda pred, target, target_keypoints: ssim(pred, target)
 
 
-@register_metric("csim", higher_is_better=True, description="cosine of dlib face-recognition embeddings (not ArcFace)")
+@register_metric("csim", higher_is_better=True)
 def _build_csim(opts: MetricOptions) -> PairMetric:
     from bilayer.metrics.csim import CSIM
 
     return CSIM()
 
 
-@register_metric("nme", higher_is_better=False, description="68-keypoint error / eye-centre distance x 10")
+@register_metric("nme", higher_is_better=False)
 def _build_nme(opts: MetricOptions) -> PairMetric:
     _requires("dlib", "mediapipe", "cv2")
     from bilayer.metrics.nme import NME, PreprocessingDetector

@@ -11,14 +11,15 @@ import torch
 
 from bilayer.metrics.evaluation import METHODS, SSIM_REGIONS, Evaluation
 from bilayer.metrics.images import labelled_grid, to_uint8, write_png
+from bilayer.metrics.registry import list_metrics, metric_spec
 
-#: Table 2's columns: (JSON key, header).
+IMAGE_METRICS = tuple(list_metrics())  # the registered image metrics, in Table 2's order
+#: Table 2's columns: (JSON key, header), the image metrics' arrows from the registry.
 COLUMNS = (
-    ("lpips", "LPIPS↓"), ("ssim", "SSIM↑"), ("csim", "CSIM↑"), ("nme", "NME↓"),
+    *((m, m.upper() + ("↑" if metric_spec(m).higher_is_better else "↓")) for m in IMAGE_METRICS),
     ("gmacs", "GMACs↓"), ("init_ms", "Init.(ms)↓"), ("inference_ms", "Inf.(ms)↓"),
 )
 ROW_NAMES = {"copy_source": "Copy source", "ours": "Ours"}
-IMAGE_METRICS = ("lpips", "ssim", "csim", "nme")
 CSIM_NOTE = ("dlib's 128-D face-recognition ResNet, not ArcFace as in the paper: not comparable with its CSIM "
              "column (dlib's cosines are high even across people: 0.88 for the two sample-photo women)")
 
