@@ -14,6 +14,8 @@ upsampling and the LF + HF sum are elementwise and, as in the paper's tool, not 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
@@ -22,6 +24,15 @@ from bilayer.config import ModelConfig
 from bilayer.nets import BilayerModel
 
 BILINEAR_MACS_PER_VALUE = 4
+
+
+def counted_macs(run: Callable[[], object], image_size: int) -> tuple[int, int]:
+    """(network, sampling) MACs of one call of `run`, which renders one (3, S, S) frame: the
+    counter's FLOPs halved, and the bilinear texture lookup added analytically."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    return counter.get_total_flops() // 2, BILINEAR_MACS_PER_VALUE * 3 * image_size**2
 
 
 @torch.no_grad()
@@ -34,11 +45,7 @@ def frame_macs(cfg: ModelConfig, model: BilayerModel | None = None) -> dict[str,
     keypoints = torch.zeros(1, cfg.num_keypoints, 2)
     with parametrize.cached():
         model.render(keypoints, state)  # materialize spectral-normalized weights outside the count
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model.render(keypoints, state)
-    network_macs = counter.get_total_flops() // 2
-    sampling_macs = BILINEAR_MACS_PER_VALUE * 3 * h * w
+        network_macs, sampling_macs = counted_macs(lambda: model.render(keypoints, state), h)
     gen = model.inference_generator
     params = sum(p.numel() for n, p in gen.named_parameters() if not n.startswith("projector."))
     adaptive = sum(t[0].numel() for block in state.inference_params for t in block.values())

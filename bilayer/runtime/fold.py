@@ -27,9 +27,8 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from bilayer.metrics.complexity import BILINEAR_MACS_PER_VALUE
+from bilayer.metrics.complexity import counted_macs
 from bilayer.nets import InferenceGenerator, warp_texture
 from bilayer.nets.layers import (
     AdaptiveBatchNorm,
@@ -219,12 +218,9 @@ class FrameNet(nn.Module):
     @torch.no_grad()
     def macs(self) -> int:
         """MACs of one frame (batch 1) as executed, counted like `bilayer.metrics.complexity`."""
-        counter = FlopCounterMode(display=False)
         keypoints = self.grid0.new_zeros(1, 68, 2)
         texture = None if self.texture is not None else self.grid0.new_zeros(1, 3, self.image_size, self.image_size)
-        with counter:
-            self(keypoints, texture)
-        return counter.get_total_flops() // 2 + BILINEAR_MACS_PER_VALUE * 3 * self.image_size**2
+        return sum(counted_macs(lambda: self(keypoints, texture), self.image_size))
 
 
 @torch.no_grad()
