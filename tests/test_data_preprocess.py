@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import av
@@ -18,7 +19,7 @@ import pytest
 
 from bilayer.cli.main import main
 from bilayer.data.samples import load_photo, speech_like_audio
-from bilayer.data.store import ClipReader, DatasetStore
+from bilayer.data.store import ClipReader, DatasetStore, SourceKey
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,6 +119,32 @@ def test_bad_inputs_are_skipped_with_reasons_and_keep_earlier_output(dataset_dir
     assert report.stat().st_ino != first_report  # replaced atomically, not rewritten in place
     assert [p.name for p in report.parent.iterdir()] == ["report.json"]
     assert len((out / "skipped.jsonl").read_text().splitlines()) == len(expected)
+
+
+
+def test_retry_skipped_redoes_earlier_skips(dataset_dir, sample_video, tmp_path):
+    """A skip stays until asked: an input an older detector skipped (same file version) is reported
+    again as it was, and processed with --retry-skipped; inputs that are still bad are skipped again."""
+    out = tmp_path / "dataset"
+    shutil.copytree(dataset_dir, out)
+    expected = make_bad_inputs(tmp_path / "bad", sample_video)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), load_photo("grace_hopper")[..., ::-1])
+    old_skip = {**asdict(SourceKey.of(good)), "reason": "no face found in 1 frame"}
+    with open(out / "skipped.jsonl", "a") as f:
+        f.write(json.dumps(old_skip) + "\n")
+    args = ["preprocess", str(tmp_path / "bad"), str(tmp_path / "bad" / "notes.txt"), str(good),
+            "--out", str(out), "--quiet"]
+    assert main([*args, "--report-json", str(tmp_path / "first.json")]) == 3
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert first["clips_ok"] == 0 and {"path": str(good.absolute()), "reason": old_skip["reason"]} in first["skipped"]
+
+    assert main([*args, "--report-json", str(tmp_path / "retry.json"), "--retry-skipped"]) == 3
+    retry = json.loads((tmp_path / "retry.json").read_text())
+    assert retry["clips_ok"] == 1 and retry["frames"] == 1
+    assert {Path(s["path"]).name for s in retry["skipped"]} == set(expected)
+    skip_lines = (out / "skipped.jsonl").read_text().splitlines()
+    assert len(skip_lines) == 1 + 2 * len(expected)  # the old line, then every bad input twice
 
 
 def test_a_dataset_keeps_the_settings_it_was_made_with(dataset_dir, tmp_path, capsys):

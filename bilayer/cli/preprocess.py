@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="YAML", help="PreprocessConfig as YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. max_frames=250 or annotator.detect_every=3 (repeatable)")
+    p.add_argument("--retry-skipped", action="store_true",
+                   help="redo the inputs that earlier runs skipped (default: report their skips again)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     if args.report_json:
         check_output_file(args.report_json)
-    summary = run_preprocess(args.inputs, args.out, cfg, workers=args.workers, progress=not args.quiet)
+    summary = run_preprocess(args.inputs, args.out, cfg, workers=args.workers, progress=not args.quiet,
+                             retry_skipped=args.retry_skipped)
 
     if args.report_json:
         write_json(args.report_json, summary.report())

@@ -191,8 +191,10 @@ class Summary:
 
 
 def run_preprocess(inputs: list[str | Path], out: str | Path, cfg: PreprocessConfig = PreprocessConfig(),
-                   workers: int = 1, progress: bool = True) -> Summary:
-    """Process every input not already in the dataset at `out` (resumable, see bilayer.data.store)."""
+                   workers: int = 1, progress: bool = True, retry_skipped: bool = False) -> Summary:
+    """Process every input not already in the dataset at `out` (resumable, see bilayer.data.store).
+    Inputs skipped by an earlier run are reported again as they were, or redone with
+    `retry_skipped` (after a detector upgrade, say); the newest skip line of an input counts."""
     from tqdm import tqdm
 
     if workers < 1:
@@ -203,7 +205,7 @@ def run_preprocess(inputs: list[str | Path], out: str | Path, cfg: PreprocessCon
     store.check_settings(to_dict(cfg))
     done = {r.key: r for r in store.clips()}
     skips = store.skipped()
-    todo = [j for j in jobs if j.key not in done and j.key not in skips]
+    todo = [j for j in jobs if j.key not in done and (retry_skipped or j.key not in skips)]
 
     summary, start = Summary(), time.perf_counter()
     bar = tqdm(total=len(todo), unit="clip", disable=not progress or not todo, dynamic_ncols=True)
