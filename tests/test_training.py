@@ -313,6 +313,29 @@ def test_configured_but_missing_perceptual_weights_are_an_error(dataset_dir, tmp
         Trainer(cfg, open_dataset(dataset_dir, cfg), tmp_path / "run")
 
 
+def test_dlib_frame_stands_in_for_vgg19_on_the_whole_frame():
+    """`perceptual.imagenet: dlib_frame`: the Eq. 4 term sees the whole image (dlib's ResNet on the
+    frame resized to its 150 px input), where the Eq. 5 face term sees only the aligned face chip."""
+    from bilayer.losses import LossWeights, perceptual_l1
+    from bilayer.training.config import PerceptualConfig
+    from bilayer.training.perceptual import perceptual_nets
+
+    frame, face, status = perceptual_nets(PerceptualConfig(imagenet="dlib_frame"), LossWeights())
+    assert "stand-in" in status["imagenet"] and frame.whole_frame and not face.whole_frame
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(2, 3, 128, 128, generator=generator) * 2 - 1
+    fake = (real + 0.3 * torch.randn(2, 3, 128, 128, generator=generator)).clamp(-1, 1).requires_grad_(True)
+    grid = torch.linspace(-0.3, 0.3, 9)  # a face in the middle third of the frame
+    keypoints = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(1, 81, 2)[:, :68].expand(2, -1, -1)
+    shapes = [tuple(f.shape[1:]) for f in frame(real, keypoints)]
+    assert shapes == [(32, 72, 72), (32, 35, 35), (64, 17, 17), (128, 8, 8), (256, 4, 4)]
+    corner = (slice(None), slice(None), slice(0, 16), slice(0, 16))  # far outside the face chip
+    (grad_frame,) = torch.autograd.grad(perceptual_l1(frame, fake, real, keypoints), fake)
+    (grad_face,) = torch.autograd.grad(perceptual_l1(face, fake, real, keypoints), fake)
+    assert grad_frame[corner].abs().sum() > 0 and grad_face[corner].abs().sum() == 0
+    assert grad_face.abs().sum() > 0
+
+
 def test_tiny_config_trains_both_stages_from_the_cli(dataset_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -46,12 +46,14 @@ class PerceptualConfig:
     """The active perceptual networks (Eqs. 4-5); a configured weight file that is missing is an error.
 
     ImageNet VGG19 weights cannot be shipped: with `imagenet: none` the Eq. 4 term is off and the
-    run says so in its log and checkpoint metadata. dlib's face ResNet (weights committed) stands
-    in for VGGFace in Eq. 5 unless `face: vggface` with a weight file is chosen.
+    run says so in its log and checkpoint metadata; `imagenet: dlib_frame` keeps a whole-image
+    term with the one pretrained network that ships, dlib's face ResNet, run on the whole frame
+    (not ImageNet features: a stand-in, named as such in the log). dlib's face ResNet (weights
+    committed) stands in for VGGFace in Eq. 5 unless `face: vggface` with a weight file is chosen.
     """
 
-    imagenet: Literal["vgg19", "none"] = "none"
-    imagenet_weights: str | None = None  # torchvision's vgg19-dcbb9e9d.pth
+    imagenet: Literal["vgg19", "dlib_frame", "none"] = "none"
+    imagenet_weights: str | None = None  # torchvision's vgg19-dcbb9e9d.pth (dlib_frame: None = bundled)
     face: Literal["dlib_face", "vggface", "none"] = "dlib_face"
     face_weights: str | None = None  # None with dlib_face: bilayer/assets/dlib_face_resnet_v1.pt
 

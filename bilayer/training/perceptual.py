@@ -1,24 +1,29 @@
 """The perceptual networks named by the run config, wrapped for `bilayer.losses.perceptual_l1`."""
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bilayer.losses import LossWeights
 from bilayer.perceptual import DlibFaceResNet, build_perceptual
+from bilayer.perceptual.dlib_resnet import CHIP_SIZE
 from bilayer.training.config import PerceptualConfig
 
 
 class FeatureNet(nn.Module):
-    """(image, keypoints) -> feature maps for any perceptual net; dlib's aligns a face chip first."""
+    """(image, keypoints) -> feature maps for any perceptual net. dlib's face ResNet aligns a face
+    chip first, or with `whole_frame` sees the whole image resized to its 150x150 input."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, whole_frame: bool = False):
         super().__init__()
-        self.net = net
+        self.net, self.whole_frame = net, whole_frame
 
     def forward(self, image: Tensor, keypoints: Tensor) -> list[Tensor]:
-        if isinstance(self.net, DlibFaceResNet):
-            return self.net(image, keypoints).features
-        return self.net(image)
+        if not isinstance(self.net, DlibFaceResNet):
+            return self.net(image)
+        if self.whole_frame:  # (B, 3, H, W) -> (B, 3, 150, 150)
+            return self.net(F.interpolate(image, size=(CHIP_SIZE, CHIP_SIZE), mode="bilinear")).features
+        return self.net(image, keypoints).features
 
 
 def perceptual_nets(cfg: PerceptualConfig, weights: LossWeights) -> tuple[FeatureNet | None, FeatureNet | None, dict[str, str]]:
@@ -37,6 +42,10 @@ def perceptual_nets(cfg: PerceptualConfig, weights: LossWeights) -> tuple[Featur
             status[term] = f"off (perceptual.{term} is none): Eq. {eq} is not optimized"
         elif not weight:
             status[term] = f"off (loss.{term} is 0): Eq. {eq} is not optimized"
+        elif name == "dlib_frame":
+            nets[term] = FeatureNet(build_perceptual("dlib_face", path), whole_frame=True)
+            status[term] = (f"dlib_frame: dlib's face ResNet on the whole frame ({path or 'bundled weights'}), "
+                            "a stand-in for ImageNet VGG19")
         else:
             nets[term] = FeatureNet(build_perceptual(name, path))
             status[term] = f"{name} ({path or 'bundled weights'})"
