@@ -121,7 +121,6 @@ def test_bad_inputs_are_skipped_with_reasons_and_keep_earlier_output(dataset_dir
     assert len((out / "skipped.jsonl").read_text().splitlines()) == len(expected)
 
 
-
 def test_retry_skipped_redoes_earlier_skips(dataset_dir, sample_video, tmp_path):
     """A skip stays until asked: an input an older detector skipped (same file version) is reported
     again as it was, and processed with --retry-skipped; inputs that are still bad are skipped again."""

@@ -42,11 +42,9 @@ def perceptual_nets(cfg: PerceptualConfig, weights: LossWeights) -> tuple[Featur
             status[term] = f"off (perceptual.{term} is none): Eq. {eq} is not optimized"
         elif not weight:
             status[term] = f"off (loss.{term} is 0): Eq. {eq} is not optimized"
-        elif name == "dlib_frame":
-            nets[term] = FeatureNet(build_perceptual("dlib_face", path), whole_frame=True)
-            status[term] = (f"dlib_frame: dlib's face ResNet on the whole frame ({path or 'bundled weights'}), "
-                            "a stand-in for ImageNet VGG19")
         else:
-            nets[term] = FeatureNet(build_perceptual(name, path))
-            status[term] = f"{name} ({path or 'bundled weights'})"
+            whole_frame = name == "dlib_frame"  # dlib's face ResNet on the whole frame
+            nets[term] = FeatureNet(build_perceptual("dlib_face" if whole_frame else name, path), whole_frame)
+            stand_in = ", dlib's face ResNet on the whole frame: a stand-in for ImageNet VGG19" if whole_frame else ""
+            status[term] = f"{name} ({path or 'bundled weights'}){stand_in}"
     return nets["imagenet"], nets["face"], status
