@@ -1,9 +1,13 @@
-"""PairDataset: tensors, pair sampling, identity split, flip augmentation."""
+"""PairDataset: tensors, pair sampling, identity split, flip and colour augmentation."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 
+from bilayer.data.augment import LUMA, color_matrix, hue_rotation
 from bilayer.data.dataset import DatasetConfig, PairDataset, identity_split
 from bilayer.data.landmarks import PART_INDEX
 from bilayer.data.store import ClipReader, ClipRecord, DatasetStore
@@ -85,6 +89,43 @@ def test_flip_maps_left_eye_keypoints_onto_right_eye_positions(dataset_dir, spli
             x, y = (((kp_b[42] + kp_b[43]) / 2 + 1) / 2 * 128 - 0.5).round().long()
             window = b[f"{role}_landmarks"][:, y - 1 : y + 2, x - 1 : x + 2].reshape(3, -1)  # (3, 9)
             assert ((window[2] > 0.3) & (window[0] < -0.5)).any()  # blue (0, 0, 255), not red
+
+
+def test_colour_transform_keeps_greys_and_turns_hues():
+    red, grey = np.array([1.0, 0, 0]), np.full(3, 0.4)
+    np.testing.assert_allclose(hue_rotation(120) @ red, [0, 1, 0], atol=1e-12)  # R -> G -> B
+    np.testing.assert_allclose(hue_rotation(-120) @ red, [0, 0, 1], atol=1e-12)
+    np.testing.assert_allclose(hue_rotation(37) @ grey, grey, atol=1e-12)
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(color_matrix(rng, 0, 0, 0), np.eye(3), atol=1e-12)
+    for _ in range(20):  # a grey pixel stays grey, only its brightness changes; luma follows the gain
+        m = color_matrix(rng, 90, 0.5, 0.3)
+        out = m @ grey
+        np.testing.assert_allclose(out, out.mean(), atol=1e-12)
+        assert 0.7 * 0.4 - 1e-9 <= out.mean() <= 1.3 * 0.4 + 1e-9
+    for _ in range(20):  # saturation alone keeps every colour's luma
+        np.testing.assert_allclose(LUMA @ color_matrix(rng, 0, 0.9, 0), LUMA, atol=1e-12)
+
+
+def test_colour_jitter_is_one_transform_for_both_frames_and_never_on_test(dataset_dir):
+    same_frame = dict(image_size=64, test_fraction=0, min_gap=0, max_gap=0, flip_probability=0.5, seed=4)
+    plain = PairDataset(dataset_dir, "all", DatasetConfig(**same_frame))
+    jitter = DatasetConfig(**same_frame, hue_jitter=180, saturation_jitter=0.5, brightness_jitter=0.3)
+    jittered = PairDataset(dataset_dir, "all", jitter)
+    for i in range(len(plain)):
+        a, b = plain[i], jittered[i]
+        assert not torch.allclose(b["source_image"], a["source_image"], atol=0.05)
+        torch.testing.assert_close(b["source_image"], b["target_image"])  # same frame, same transform
+        assert -1 <= b["source_image"].min() and b["source_image"].max() <= 1
+        for key in a:  # the pair, the flip, keypoints, landmarks and masks are drawn as without it
+            if not key.endswith("_image"):
+                torch.testing.assert_close(b[key], a[key])
+    test = PairDataset(dataset_dir, "test", replace(jitter, test_fraction=1))
+    untouched = PairDataset(dataset_dir, "test", DatasetConfig(**{**same_frame, "test_fraction": 1}))
+    for i in range(len(test)):
+        torch.testing.assert_close(test[i]["source_image"], untouched[i]["source_image"])
+    with pytest.raises(ValueError, match="hue_jitter"):
+        DatasetConfig(hue_jitter=200)
 
 
 def test_dataset_config_is_a_typed_config():

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bilayer.data.augment import apply_color, color_matrix
 from bilayer.data.landmarks import draw_landmarks, flip_keypoints, pixel_keypoints
 from bilayer.data.store import ClipReader, ClipRecord, DatasetStore
 from bilayer.errors import InputError
@@ -31,6 +32,11 @@ class DatasetConfig:
     min_gap: int = 0  # |target - source| in stored frames, at least ...
     max_gap: int | None = None  # ... and at most (None: anywhere in the clip)
     flip_probability: float = 0.5  # horizontal flip of both frames; never on the test split
+    # One random colour transform for both frames of a pair (augment.py; not in the paper: for
+    # data with few identities); never on the test split. 0: off.
+    hue_jitter: float = 0.0  # degrees, at most 180
+    saturation_jitter: float = 0.0  # relative, below 1
+    brightness_jitter: float = 0.0  # relative, below 1
     test_fraction: float = 0.05  # fraction of identities held out
     seed: int | None = None  # None: fresh randomness; an int makes item i of epoch e reproducible
 
@@ -39,6 +45,12 @@ class DatasetConfig:
             raise ValueError(f"need 0 <= min_gap <= max_gap, got {self.min_gap}, {self.max_gap}")
         if not 0 <= self.test_fraction <= 1 or not 0 <= self.flip_probability <= 1:
             raise ValueError("test_fraction and flip_probability must be in [0, 1]")
+        if not (0 <= self.hue_jitter <= 180 and 0 <= self.saturation_jitter < 1 and 0 <= self.brightness_jitter < 1):
+            raise ValueError("need hue_jitter in [0, 180] degrees, saturation_jitter and brightness_jitter in [0, 1)")
+
+    @property
+    def color_jitter(self) -> bool:
+        return bool(self.hue_jitter or self.saturation_jitter or self.brightness_jitter)
 
 
 def identity_split(identity: str, test_fraction: float) -> Literal["train", "test"]:
@@ -93,12 +105,17 @@ class PairDataset(Dataset):
         gap = int(rng.integers(cfg.min_gap, min(last, cfg.max_gap if cfg.max_gap is not None else last) + 1))
         first = int(rng.integers(0, last - gap + 1))
         source, target = (first, first + gap) if rng.random() < 0.5 else (first + gap, first)
-        flip = self.split != "test" and rng.random() < cfg.flip_probability  # train or all
+        augment = self.split != "test"  # train or all
+        flip = augment and rng.random() < cfg.flip_probability
         out: dict[str, Tensor] = {}
         with ClipReader(self.root / clip.file) as reader:
             keypoints = reader.array("keypoints")  # (T, 68, 2)
             for role, i in (("source", source), ("target", target)):
                 out.update(self._frame(reader, keypoints[i], i, flip, role))
+        if augment and cfg.color_jitter:
+            matrix = color_matrix(rng, cfg.hue_jitter, cfg.saturation_jitter, cfg.brightness_jitter)
+            for role in ("source", "target"):
+                out[f"{role}_image"] = apply_color(out[f"{role}_image"], matrix)
         return out
 
     def _frame(self, reader: ClipReader, keypoints: np.ndarray, i: int, flip: bool, role: str) -> dict[str, Tensor]:

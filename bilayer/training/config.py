@@ -67,6 +67,9 @@ class DataConfig:
     min_gap: int = 0  # |target - source| in frames, at least ...
     max_gap: int | None = None  # ... and at most (None: anywhere in the clip)
     flip_probability: float = 0.5
+    hue_jitter: float = 0.0  # pair-consistent colour augmentation (bilayer/data/augment.py): degrees
+    saturation_jitter: float = 0.0  # relative
+    brightness_jitter: float = 0.0  # relative
 
 
 @dataclass(frozen=True)

@@ -110,5 +110,6 @@ def open_dataset(root: str | Path, cfg: TrainConfig) -> Dataset:
     d = cfg.data
     return PairDataset(root, d.split, DatasetConfig(
         image_size=cfg.model.image_size, min_gap=d.min_gap, max_gap=d.max_gap,
-        flip_probability=d.flip_probability, test_fraction=d.test_fraction, seed=cfg.seed,
+        flip_probability=d.flip_probability, hue_jitter=d.hue_jitter, saturation_jitter=d.saturation_jitter,
+        brightness_jitter=d.brightness_jitter, test_fraction=d.test_fraction, seed=cfg.seed,
     ))
