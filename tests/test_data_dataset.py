@@ -121,7 +121,7 @@ def test_colour_jitter_is_one_transform_for_both_frames_and_never_on_test(datase
             if not key.endswith("_image"):
                 torch.testing.assert_close(b[key], a[key])
     test = PairDataset(dataset_dir, "test", replace(jitter, test_fraction=1))
-    untouched = PairDataset(dataset_dir, "test", DatasetConfig(**{**same_frame, "test_fraction": 1}))
+    untouched = PairDataset(dataset_dir, "test", replace(plain.cfg, test_fraction=1))
     for i in range(len(test)):
         torch.testing.assert_close(test[i]["source_image"], untouched[i]["source_image"])
     with pytest.raises(ValueError, match="hue_jitter"):
