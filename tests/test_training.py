@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "tiny.yaml"
 D_SCORE_BIAS = ("out.2.bias",)
 NETS = ("embedder", "texture_generator", "inference_generator", "updater", "discriminator")
+NETS_SORTED_WITHOUT_D = ["embedder", "inference_generator", "texture_generator", "updater"]
 
 
 def tiny(*overrides: str) -> TrainConfig:
@@ -211,6 +212,44 @@ def test_resume_equals_an_uninterrupted_run(dataset_dir, tmp_path):
     assert warp == pytest.approx([10 * 0.9**i for i in range(3)])
     resumed = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["G/total"] for r in resumed] == pytest.approx([r["G/total"] for r in logs], abs=1e-5)
+
+
+def test_init_starts_a_new_run_from_an_inference_checkpoint(dataset_dir, tmp_path, capsys):
+    """`--init C`: the networks C holds (here a float16 inference checkpoint without D) start the
+    run, D starts fresh, optimizers and the iteration count start at zero; resumes keep the record."""
+    from bilayer.checkpoint import inference_checkpoint
+
+    cfg = tiny("base.iterations=1", "updater.iterations=1")
+    data = open_dataset(dataset_dir, cfg)
+    Trainer(cfg, data, tmp_path / "a").run()
+    shipped = inference_checkpoint(tmp_path / "a" / "checkpoints" / "final.pt", tmp_path / "shipped.pt", half=True)
+    weights = read_checkpoint(shipped)["model"]
+
+    fresh = Trainer(cfg, data, tmp_path / "fresh")
+    trainer = Trainer(cfg, data, tmp_path / "b", init=shipped)
+    assert trainer.progress == loop.Progress("base", 0)
+    for net in ("embedder", "texture_generator", "inference_generator", "updater"):
+        state = getattr(trainer.model, net).state_dict()
+        expected = net_state(weights, net)
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k].to(state[k].dtype)) for k in state)
+        assert all(v.dtype == torch.float32 for v in getattr(trainer.model, net).parameters())
+    assert same(trainer.model.discriminator.state_dict(), fresh.model.discriminator.state_dict())
+    assert all(not opt.state for opt in trainer.optimizers.values())
+
+    assert main(["train", "--config", str(TINY_YAML), "--data", str(dataset_dir), "--out", str(tmp_path / "c"),
+                 "--init", str(shipped), "--stop-after", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"networks from {shipped}: embedder, inference_generator, texture_generator, updater; fresh: discriminator" in out
+    resumed = Trainer(cfg, data, tmp_path / "c", resume=True)
+    assert resumed.init == {"checkpoint": str(shipped), "networks": NETS_SORTED_WITHOUT_D}
+    resumed.run()
+    assert read_checkpoint(tmp_path / "c" / "checkpoints" / "final.pt")["meta"]["init"]["checkpoint"] == str(shipped)
+
+    with pytest.raises(InputError, match="pass one of them"):
+        Trainer(cfg, data, tmp_path / "c", resume=True, init=shipped)
+    with pytest.raises(InputError, match=f"{shipped}: its model config differs .*image_size"):
+        Trainer(tiny("model.image_size=128"), data, tmp_path / "d", init=shipped)
 
 
 # ------------------------------------------------------------------------------------ operations

@@ -1,4 +1,4 @@
-"""`bilayer train --config FILE --data DIR --out RUN_DIR [--resume] [KEY=VALUE ...]`: both stages.
+"""`bilayer train --config FILE --data DIR --out RUN_DIR [--resume | --init C] [KEY=VALUE ...]`: both stages.
 
 Writes RUN_DIR/config.yaml (resolved), RUN_DIR/tb/ (TensorBoard), RUN_DIR/log.jsonl and
 RUN_DIR/checkpoints/{last,base,final}.pt. Works under `torchrun --nproc_per_node N -m bilayer train`.
@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset folder written by `bilayer preprocess`")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints/, tb/, log.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start a new run from the networks of this checkpoint (fine-tuning; e.g. the demo model)")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and stop after N iterations (resume later)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. base.iterations=10")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from bilayer.training.loop import Trainer, TrainingDiverged
 
     try:
-        trainer = Trainer(cfg, open_dataset(args.data, cfg), args.out, resume=args.resume)
+        trainer = Trainer(cfg, open_dataset(args.data, cfg), args.out, resume=args.resume, init=args.init)
         trainer.run(args.stop_after)
     except TrainingDiverged as e:
         print(f"bilayer train: error: {e}", file=sys.stderr)

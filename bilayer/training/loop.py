@@ -9,7 +9,10 @@ optimizer step, keeping the last good checkpoint. Between the stages the generat
 statistics are replaced by standing statistics (App. A.1), so both `base.pt` and `final.pt` are
 inference checkpoints; `last.pt` carries the full training state (optimizers, grad scalers, RNG,
 stage and iteration) and `--resume` continues from it exactly: the data stream is a function of
-(seed, iteration) and the L_reg weight a function of the iteration.
+(seed, iteration) and the L_reg weight a function of the iteration. `init` starts a new run from
+another checkpoint's weights (fine-tuning): every network that checkpoint holds is copied, the
+others (e.g. the discriminator, which the shipped demo model leaves out) start fresh, and the
+optimizers, iteration counters and L_reg schedule start from zero.
 
 With torchrun, each phase module is wrapped in DistributedDataParallel (gradients averaged over
 processes), BatchNorm layers become SyncBatchNorm on CUDA, and rank 0 alone logs and saves.
@@ -24,7 +27,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import yaml
@@ -76,12 +79,16 @@ def set_trainable(modules: list[nn.Module], flag: bool) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, dataset: Dataset | None, run_dir: str | Path, resume: bool = False):
-        """`dataset` yields the pair dicts of `bilayer.data.dataset.PairDataset` (needed by `run`)."""
+    def __init__(self, cfg: TrainConfig, dataset: Dataset | None, run_dir: str | Path, resume: bool = False,
+                 init: str | Path | None = None):
+        """`dataset` yields the pair dicts of `bilayer.data.dataset.PairDataset` (needed by `run`);
+        `init`: a checkpoint whose networks a new run starts from (not with `resume`)."""
         self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
         self.last = self.run_dir / "checkpoints" / "last.pt"
         if not resume and self.last.exists():
             raise InputError(f"{self.last}: the run directory already has a checkpoint; pass --resume to continue it")
+        if resume and init is not None:
+            raise InputError(f"{init}: --init starts a new run, --resume continues {self.last}; pass one of them")
         self.device = distributed.init(cfg.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         seed_all(cfg.seed)
@@ -108,6 +115,9 @@ class Trainer:
         self.budget: int | None = None  # iterations left before a --stop-after stop
         self.stop_requested = False
         self.signalled = False  # stopped by SIGINT/SIGTERM
+        self.init: dict[str, Any] | None = None  # {"checkpoint": path, "networks": [...]} of --init
+        if init is not None:
+            self._initialize(Path(init))
         if resume:
             self._load(self.last)
 
@@ -149,6 +159,10 @@ class Trainer:
         ]
         if self.world > 1 and self.device.type != "cuda":
             lines.append("SyncBatchNorm needs CUDA: BatchNorm statistics are per process on CPU")
+        if self.init is not None:
+            fresh = [name for name, _ in self.model.named_children() if name not in self.init["networks"]]
+            lines.append(f"networks from {self.init['checkpoint']}: {', '.join(self.init['networks'])}"
+                         + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
         if self.progress.iteration or self.progress.stage != "base":
             lines.append(f"resuming from {self.last} at {self.progress.stage} iteration {self.progress.iteration}")
         for line in lines:
@@ -329,6 +343,7 @@ class Trainer:
             "warp_weight": warp_weight(self.cfg.loss, self.progress.iteration) if self.progress.stage == "base" else 0.0,
             "world_size": self.world,
             "train_config": to_dict(self.cfg),
+            **({"init": self.init} if self.init is not None else {}),
         }
 
     def _save(self, name: str, training: bool) -> None:
@@ -345,6 +360,25 @@ class Trainer:
             }
         save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self._meta(), **state)
 
+    def _initialize(self, path: Path) -> None:
+        """Copy the weights of every network checkpoint `path` holds (any checkpoint: training,
+        inference or the shipped demo model; float16 weights are cast to the run's float32)."""
+        ckpt = read_checkpoint(path)
+        changed = config_changes(ckpt["model_config"], to_dict(self.cfg.model))
+        if changed:
+            raise InputError(f"{path}: its model config differs from the run's ({'; '.join(changed)})")
+        held = sorted({key.split(".")[0] for key in ckpt["model"]})
+        children = dict(self.model.named_children())
+        for name in held:
+            if name not in children:
+                raise InputError(f"{path}: holds an unknown network {name!r}")
+            try:
+                children[name].load_state_dict({k[len(name) + 1:]: v for k, v in ckpt["model"].items()
+                                                if k.startswith(name + ".")})
+            except RuntimeError as e:
+                raise InputError(f"{path}: {name} does not match the model config ({str(e).splitlines()[0]})") from None
+        self.init = {"checkpoint": str(path), "networks": held}
+
     def _load(self, path: Path) -> None:
         ckpt = read_checkpoint(path)
         missing = [k for k in ("progress", "optimizers", "scalers", "rng") if k not in ckpt]
@@ -360,12 +394,14 @@ class Trainer:
             scaler.load_state_dict(ckpt["scalers"][k])
         set_rng_state(ckpt["rng"])
         self.progress = Progress(**ckpt["progress"])
+        self.init = ckpt["meta"].get("init")
         changed = config_changes(ckpt["meta"].get("train_config", {}), to_dict(self.cfg))
         if changed:
             distributed.print0(f"bilayer train: config differs from {path}: {'; '.join(changed)}")
 
 
 def train(cfg: TrainConfig, dataset: Dataset, run_dir: str | Path, resume: bool = False,
-          stop_after: int | None = None) -> Path:
-    """Run (or resume with `resume=True`) both stages into `run_dir`; returns checkpoints/last.pt."""
-    return Trainer(cfg, dataset, run_dir, resume).run(stop_after)
+          stop_after: int | None = None, init: str | Path | None = None) -> Path:
+    """Run (or resume with `resume=True`) both stages into `run_dir`, starting from the networks
+    of checkpoint `init` if given; returns checkpoints/last.pt."""
+    return Trainer(cfg, dataset, run_dir, resume, init).run(stop_after)
