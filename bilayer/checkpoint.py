@@ -102,7 +102,11 @@ def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
 
 def updater_trained(meta: dict[str, Any]) -> bool:
     """False for a checkpoint of a run that has not trained G_upd yet (the base stage, and base.pt,
-    written at updater iteration 0): M steps of an untrained updater scramble the texture."""
+    written at updater iteration 0, of a two-stage run without an --init updater): M steps of an
+    untrained updater scramble the texture. The trainer records it (`meta["updater_trained"]`);
+    files written before that are judged by their stage."""
+    if "updater_trained" in meta:
+        return bool(meta["updater_trained"])
     stage, iteration = meta.get("stage"), meta.get("iteration")
     return not (stage == "base" or (stage == "updater" and iteration == 0))
 

@@ -81,7 +81,7 @@ def _source_and_first_target(dataset_dir, clip_id: str) -> tuple[dict, dict]:
 
 
 def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, checkpoint):
-    _, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all"))
+    _, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask="own"))
     # alice/interview.mp4 and bob/talk.mkv (2 s each -> one target at 1 s); bob's photo has no target
     assert len(ev.clips) == 2 and ev.n_pairs == 2
     assert len(ev.init_ms) == 2 and len(ev.inference_ms) == 2
@@ -95,7 +95,7 @@ def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, check
 
 
 def test_mask_threshold_cuts_every_mask(dataset_dir, checkpoint):
-    model, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask_threshold=0.5))
+    model, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask="own", mask_threshold=0.5))
     src, tgt = _source_and_first_target(dataset_dir, ev.clips[0])
     assert ((src["source_mask"] > 0.01) & (src["source_mask"] < 0.99)).any()  # soft masks to cut
     avatar = Avatar(model)
@@ -108,6 +108,31 @@ def test_mask_threshold_cuts_every_mask(dataset_dir, checkpoint):
     assert torch.equal(copy, apply_mask(src["source_image"], (src["source_mask"] >= 0.5).float()))
     with pytest.raises(ValueError, match="mask_threshold"):
         EvalConfig(mask_threshold=1.0)
+
+
+@pytest.mark.parametrize("mode", ["target", "predicted"])
+def test_mask_modes_cut_every_image_with_one_mask(dataset_dir, checkpoint, mode):
+    """--mask target: output, copied source and target all cut with the target's dataset mask;
+    --mask predicted (the official code): all with the predicted mask. mask_iou scores the
+    silhouettes in every mode."""
+    model, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask=mode))
+    src, tgt = _source_and_first_target(dataset_dir, ev.clips[0])
+    avatar = Avatar(model)
+    avatar.init(src["source_image"][None], src["source_landmarks"][None], src["source_keypoints"][None],
+                src["source_mask"][None])
+    image, mask = avatar.render(tgt["target_keypoints"][None])  # (1, 3, H, W), (1, 1, H, W)
+    cut = tgt["target_mask"] if mode == "target" else mask[0]
+    (ours, target), (copy, copy_target) = [(pred[0], target[0]) for pred, target, _ in calls[:2]]
+    assert torch.allclose(ours, apply_mask(image[0], cut), atol=1e-6)
+    assert torch.allclose(copy, apply_mask(src["source_image"], cut), atol=1e-6)
+    assert torch.allclose(target, apply_mask(tgt["target_image"], cut), atol=1e-6) and torch.equal(target, copy_target)
+    from bilayer.metrics.silhouette import mask_iou
+
+    assert ev.scores["ours"]["mask_iou"][0][0] == pytest.approx(float(mask_iou(mask, tgt["target_mask"][None])[0]))
+    assert ev.scores["copy_source"]["mask_iou"][0][0] == pytest.approx(
+        float(mask_iou(src["source_mask"][None], tgt["target_mask"][None])[0]))
+    with pytest.raises(ValueError, match="mask must be one of target, own, predicted"):
+        EvalConfig(mask="both")
 
 
 def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
@@ -142,7 +167,9 @@ def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
     header = table.splitlines()[0].split()
     assert header == ["Method", "LPIPS↓", "SSIM↑", "CSIM↑", "NME↓", "GMACs↓", "Init.(ms)↓", "Inf.(ms)↓"]
     assert "Copy source" in table and "ArcFace" in table and "LPIPS: n/a" in table and "SSIM by region" in table
-    assert results["mask_threshold"] is None and "Images: foreground only" in table and "cut into 0/1" not in table
+    assert results["mask_threshold"] is None and "Images: foreground only (target masks)" in table
+    assert "cut into 0/1" not in table and results["mask"] == "target"
+    assert 0 <= ours["mask_iou"] <= 1 and 0 < copy["mask_iou"] <= 1 and "Silhouette (mask IoU" in table
 
     image = cv2.imread(str(grid))
     assert image.shape == (24 + 2 * 64, 3 * 64, 3)  # header + one row per clip; source | target | ours

@@ -15,6 +15,7 @@ from bilayer.errors import InputError
 from bilayer.metrics.images import to_uint8
 from bilayer.metrics.lpips import BACKBONES, LPIPS, lpips_heads_file, load_lpips
 from bilayer.metrics.nme import NME, eye_distance, nme
+from bilayer.metrics.silhouette import mask_iou
 from bilayer.metrics.registry import MetricOptions, MetricUnavailable, build_metric, list_metrics, metric_spec
 from bilayer.metrics.ssim import background_windows, ssim, ssim_by_region
 
@@ -99,6 +100,17 @@ def backbone_file(request, tmp_path_factory):
 
 
 @needs_lpips
+def test_mask_iou_hand_computed():
+    a = torch.zeros(3, 1, 8, 8)
+    a[:, :, :4] = 1.0  # the top half
+    b = torch.zeros(3, 1, 8, 8)
+    b[0, :, :4] = 0.9  # same pixels (>= 0.5)
+    b[1, :, 4:] = 1.0  # disjoint
+    b[2, :, 2:6] = 0.6  # rows 2-5: 16 of the pixels shared, 48 in the union
+    assert mask_iou(a, b).tolist() == pytest.approx([1.0, 0.0, 1 / 3])
+    assert mask_iou(torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.4)).tolist() == [1.0]  # both empty
+
+
 def test_lpips_identical_zero_different_positive(backbone_file):
     net, path, _ = backbone_file
     metric = load_lpips(net, path)

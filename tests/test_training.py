@@ -86,9 +86,11 @@ def test_config_files_resolve_presets_and_reject_unknown_keys(tmp_path):
 def test_updater_stage_needs_updater_steps():
     """With M = 0 the updater stage has no gradient: rejected when the config loads, not after
     the whole base stage."""
-    with pytest.raises(ConfigError, match=r"model\.upd_steps must be >= 1 when updater\.iterations > 0, got 0"):
+    with pytest.raises(ConfigError, match=r"model\.upd_steps must be >= 1 when updater\.iterations > 0 or joint_updater, got 0"):
         load_train_config(TINY_YAML, ["model.upd_steps=0"])
     assert load_train_config(TINY_YAML, ["model.upd_steps=0", "updater.iterations=0"]).model.upd_steps == 0
+    with pytest.raises(ConfigError, match=r"model\.upd_steps must be >= 1"):
+        load_train_config(TINY_YAML, ["model.upd_steps=0", "updater.iterations=0", "joint_updater=true"])
     assert main(["train", "--config", str(TINY_YAML), "--dry-run", "model.upd_steps=0"]) == 2
 
 
@@ -186,6 +188,30 @@ def test_one_step_per_stage_updates_the_right_networks_and_masks_d_inputs(datase
     assert tracked and all(int(t) == 2 for t in tracked)
     assert base["meta"]["perceptual"]["imagenet"].startswith("off")
     assert base["meta"]["perceptual"]["face"].startswith("dlib_face")
+    # G_upd untrained in base.pt: it loads without the updater's steps; final.pt with them.
+    assert base["meta"]["updater_trained"] is False
+    assert load_model(run / "checkpoints" / "base.pt")[0].cfg.upd_steps == 0
+    assert load_model(run / "checkpoints" / "final.pt")[0].cfg.upd_steps == cfg.model.upd_steps
+
+
+def test_joint_updater_trains_g_upd_in_the_base_stage(dataset_dir, tmp_path):
+    """`joint_updater` (Sec. 3.3): the base stage renders the target from the texture after G_upd's
+    M steps, so one base step moves every parameter of E, G_tex, G and G_upd, and base.pt keeps
+    the updater (loads with its M steps)."""
+    cfg = tiny("base.iterations=1", "updater.iterations=0", "joint_updater=true")
+    trainer = Trainer(cfg, open_dataset(dataset_dir, cfg), tmp_path / "run")
+    before = snapshot(trainer.model)
+    calls = []
+    trainer.model.updater.register_forward_hook(lambda m, a, out: calls.append(a[1].detach().abs().sum()))
+    trainer.run()
+    after = snapshot(trainer.model)
+    for net in ("embedder", "texture_generator", "inference_generator", "updater"):
+        assert changed_all(before[net]["params"], after[net]["params"]), net
+    # M steps in the G phase of the one base iteration, each guided by a non-zero gradient.
+    assert len(calls) == cfg.model.upd_steps and all(c > 0 for c in calls)
+    base = read_checkpoint(tmp_path / "run" / "checkpoints" / "base.pt")
+    assert base["meta"]["updater_trained"] is True
+    assert load_model(tmp_path / "run" / "checkpoints" / "base.pt")[0].cfg.upd_steps == cfg.model.upd_steps
 
 
 def test_resume_equals_an_uninterrupted_run(dataset_dir, tmp_path):
@@ -242,7 +268,9 @@ def test_init_starts_a_new_run_from_an_inference_checkpoint(dataset_dir, tmp_pat
     out = capsys.readouterr().out
     assert f"networks from {shipped}: embedder, inference_generator, texture_generator, updater; fresh: discriminator" in out
     resumed = Trainer(cfg, data, tmp_path / "c", resume=True)
-    assert resumed.init == {"checkpoint": str(shipped), "networks": NETS_SORTED_WITHOUT_D}
+    assert resumed.init == {"checkpoint": str(shipped), "networks": NETS_SORTED_WITHOUT_D, "updater_trained": True}
+    # The base stage of a run from a trained G_upd keeps it: mid-run files render with its M steps.
+    assert load_model(tmp_path / "c" / "checkpoints" / "last.pt")[0].cfg.upd_steps == cfg.model.upd_steps
     resumed.run()
     assert read_checkpoint(tmp_path / "c" / "checkpoints" / "final.pt")["meta"]["init"]["checkpoint"] == str(shipped)
 

@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clips", type=int, default=50, metavar="N", help="clips (one per identity); paper: 50")
     p.add_argument("--clips-per-identity", type=int, default=1, metavar="K",
                    help="clips of each identity (paper: 1; more for test sets with few identities)")
+    p.add_argument("--mask", choices=("target", "own", "predicted"), default="target",
+                   help="which mask cuts the images: target (all: the target's dataset mask), own (output: its "
+                        "predicted mask, target and source: their dataset masks), predicted (all: the predicted "
+                        "one, as the official code)")
     p.add_argument("--mask-threshold", type=float, metavar="T",
                    help="cut every mask (target's, source's, predicted) into 0/1 at T (default: soft masks)")
     p.add_argument("--metrics", default="lpips,ssim,csim,nme", help="comma-separated registered metrics")
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--max-clips and --clips-per-identity must be >= 1")
     try:
         cfg = EvalConfig(split=args.split, max_clips=args.max_clips, clips_per_identity=args.clips_per_identity,
-                         mask_threshold=args.mask_threshold)
+                         mask=args.mask, mask_threshold=args.mask_threshold)
     except ValueError as e:
         raise InputError(f"--mask-threshold: {e}") from None
     if args.test_fraction is not None and not 0 <= args.test_fraction <= 1:
@@ -82,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, test_fraction=test_fraction)
     ev = evaluate(model, args.data, metrics, cfg)
     meta = {"checkpoint": str(checkpoint), "data": str(args.data), "split": args.split,
-            "test_fraction": test_fraction, "mask_threshold": cfg.mask_threshold, "clips": ev.clips}
+            "test_fraction": test_fraction, "mask": cfg.mask, "mask_threshold": cfg.mask_threshold,
+            "clips": ev.clips}
     results = results_json(ev, unavailable, frame_macs(model.cfg, model)["macs"] / 1e9, meta)
 
     print(format_table(results))

@@ -9,15 +9,19 @@ each sequence is used as a source. Target frames are taken sequentially at 1 FPS
 3. every registered metric scores the output against the target.
 
 Images are compared on the foreground, as the model is trained and the official code evaluates
-(background blended to black, Sec. 3.4): the output with its predicted mask, the target with its
-dataset mask. Unlike the official code, the target is not cut with the *predicted* mask, so an
-empty mask cannot score well. `EvalConfig.mask_threshold` cuts every mask (the target's, the
-source's and the predicted one) into 0/1 at a threshold: sharp foregrounds like those of the
-paper's segmentation model [15], where soft masks (MediaPipe's confidences) leave a few percent
-of the static background in both the target and the copied source.
+(background blended to black, Sec. 3.4). Which mask cuts which image is `EvalConfig.mask`
+(`MASK_MODES`): "target" (the default: every image with the target's dataset mask, the official
+code's one mask for output and target taken from the ground truth, so that a predicted silhouette
+can neither help nor hurt), "own" (the output with its predicted mask, the target and the copied
+source with their dataset masks: the silhouette is scored with the image) or "predicted" (every
+image with the predicted mask: the official code's `inf_apply_masks`). The silhouette itself is scored by
+`mask_iou` in every mode. `EvalConfig.mask_threshold` cuts every mask (the target's, the source's
+and the predicted one) into 0/1 at a threshold: sharp foregrounds like those of the paper's
+segmentation model [15], where soft masks (MediaPipe's confidences) leave a few percent of the
+static background in both the target and the copied source.
 
-The copy-source baseline (output = the source frame, cut with its own dataset mask) is scored on
-the same pairs with the same metrics, so no number is read alone. With SSIM, both are also scored
+The copy-source baseline (output = the source frame, cut as the mode says) is scored on the same
+pairs with the same metrics, so no number is read alone. With SSIM, both are also scored
 on the windows wholly in the target's background and on the rest (`SSIM_REGIONS`), which shows
 how much of a gap is the predicted mask's.
 """
@@ -27,6 +31,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,12 +41,20 @@ from bilayer.data.dataset import DatasetConfig, PairDataset, Split
 from bilayer.data.store import ClipReader, ClipRecord
 from bilayer.errors import InputError
 from bilayer.metrics.registry import PairMetric
+from bilayer.metrics.silhouette import mask_iou
 from bilayer.metrics.ssim import background_windows, ssim_by_region
 from bilayer.nets import BilayerModel, apply_mask
 from bilayer.runtime import Avatar
 
 METHODS = ("ours", "copy_source")
 SSIM_REGIONS = ("ssim_foreground", "ssim_background")  # scored alongside "ssim"
+MaskMode = Literal["target", "own", "predicted"]
+#: What each `EvalConfig.mask` cuts the images with (the JSON's and the table's note).
+MASK_MODES: dict[str, str] = {
+    "target": "output, source and target all cut with the target's dataset mask (silhouettes not scored: mask_iou)",
+    "own": "output cut with its predicted mask, target and source with their dataset masks",
+    "predicted": "output, source and target all cut with the predicted mask (the official code)",
+}
 
 
 @dataclass(frozen=True)
@@ -51,9 +64,12 @@ class EvalConfig:
     max_clips: int | None = 50  # the paper's 50 test videos, one per identity
     clips_per_identity: int = 1  # more for test sets with few identities
     target_rate: float = 1.0  # targets per second of video (1 FPS)
+    mask: MaskMode = "target"  # which mask cuts which image (MASK_MODES)
     mask_threshold: float | None = None  # None: soft masks; t: every mask cut to (mask >= t)
 
     def __post_init__(self) -> None:
+        if self.mask not in MASK_MODES:
+            raise ValueError(f"mask must be one of {', '.join(MASK_MODES)}, got {self.mask!r}")
         if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
 
@@ -68,10 +84,13 @@ class PairBatch:
     target_mask: Tensor  # (T, 1, H, W) in [0, 1], the target's dataset mask (cut if mask_threshold)
     target_keypoints: Tensor  # (T, 68, 2) normalized
     ours: Tensor  # (T, 3, H, W) in [-1, 1], masked model output
+    ours_mask: Tensor  # (T, 1, H, W) the predicted masks (cut if mask_threshold)
+    source_mask: Tensor  # (T, 1, H, W) the source's dataset mask, the copy-source silhouette
 
     def first(self) -> "PairBatch":
-        return PairBatch(self.clip_id, self.source[:1], self.target[:1], self.target_mask[:1],
-                         self.target_keypoints[:1], self.ours[:1])
+        return PairBatch(self.clip_id, *(t[:1] for t in (self.source, self.target, self.target_mask,
+                                                          self.target_keypoints, self.ours, self.ours_mask,
+                                                          self.source_mask)))
 
 
 @dataclass
@@ -144,7 +163,7 @@ def evaluate(
         image_size=model.cfg.image_size, flip_probability=0.0, test_fraction=cfg.test_fraction))
     clips = select_clips(dataset, cfg.max_clips, cfg.clips_per_identity)
     avatar = Avatar(model)
-    names = [*metrics, *(SSIM_REGIONS if "ssim" in metrics else ())]
+    names = [*metrics, *(SSIM_REGIONS if "ssim" in metrics else ()), "mask_iou"]
     result = Evaluation(scores={m: {name: [] for name in names} for m in METHODS})
     for clip in clips:
         with ClipReader(dataset.root / clip.file) as reader:
@@ -154,12 +173,14 @@ def evaluate(
                 continue
             source = dataset._frame(reader, keypoints[0], 0, False, "source")
             targets = [dataset._frame(reader, keypoints[i], i, False, "target") for i in indices]
-        batch = _run_clip(avatar, clip.clip_id, source, targets, result, cfg.mask_threshold)
+        batch = _run_clip(avatar, clip.clip_id, source, targets, result, cfg)
         background = background_windows(batch.target_mask)  # (T, H - 10, W - 10)
-        for method, output in (("ours", batch.ours), ("copy_source", batch.source)):
+        outputs = (("ours", batch.ours, batch.ours_mask), ("copy_source", batch.source, batch.source_mask))
+        for method, output, silhouette in outputs:
             scores = {name: metric(output, batch.target, batch.target_keypoints) for name, metric in metrics.items()}
             if "ssim" in metrics:
                 scores.update(zip(SSIM_REGIONS, ssim_by_region(output, batch.target, background)))
+            scores["mask_iou"] = mask_iou(silhouette, batch.target_mask)
             for name, values in scores.items():  # (T,) each
                 result.scores[method][name].append(values.float().cpu())
         result.background.append(background.float().mean(dim=(1, 2)))
@@ -179,11 +200,11 @@ def _cut(mask: Tensor, threshold: float | None) -> Tensor:
 
 def _run_clip(
     avatar: Avatar, clip_id: str, source: dict[str, Tensor], targets: list[dict[str, Tensor]], result: Evaluation,
-    mask_threshold: float | None,
+    cfg: EvalConfig,
 ) -> PairBatch:
     """Init the avatar on the source, render every target one frame at a time (both timed; the
-    first clip is run once untimed before, so one-off allocation costs stay out of the medians).
-    Every mask is cut at `mask_threshold` (None: used as it is)."""
+    first clip is run once untimed before, so one-off allocation costs stay out of the medians),
+    then cut the images as `cfg.mask` says, every mask cut at `cfg.mask_threshold` first."""
     init_args = (source["source_image"][None], source["source_landmarks"][None],
                  source["source_keypoints"][None], source["source_mask"][None])
     if not result.init_ms:
@@ -192,20 +213,29 @@ def _run_clip(
     start = time.perf_counter()
     avatar.init(*init_args)
     result.init_ms.append(1000 * (time.perf_counter() - start))
-    outputs = []
+    images, masks = [], []
     for target in targets:
         start = time.perf_counter()
         image, mask = avatar.render(target["target_keypoints"][None])  # (1, 3, H, W), (1, 1, H, W)
         result.inference_ms.append(1000 * (time.perf_counter() - start))
-        outputs.append(apply_mask(image, _cut(mask, mask_threshold))[0])
+        images.append(image)
+        masks.append(mask)
     n = len(targets)
-    masked_source = apply_mask(source["source_image"], _cut(source["source_mask"], mask_threshold))  # (3, H, W)
-    target_mask = _cut(_stack(targets, "target_mask"), mask_threshold)
+    predicted = _cut(torch.cat(masks), cfg.mask_threshold)  # (T, 1, H, W)
+    target_mask = _cut(_stack(targets, "target_mask"), cfg.mask_threshold)
+    source_mask = _cut(source["source_mask"], cfg.mask_threshold).expand(n, -1, -1, -1)
+    cut_ours, cut_source, cut_target = {
+        "own": (predicted, source_mask, target_mask),
+        "target": (target_mask, target_mask, target_mask),
+        "predicted": (predicted, predicted, predicted),
+    }[cfg.mask]
     return PairBatch(
         clip_id=clip_id,
-        source=masked_source.expand(n, -1, -1, -1),
-        target=apply_mask(_stack(targets, "target_image"), target_mask),
+        source=apply_mask(source["source_image"].expand(n, -1, -1, -1), cut_source),
+        target=apply_mask(_stack(targets, "target_image"), cut_target),
         target_mask=target_mask,
         target_keypoints=_stack(targets, "target_keypoints"),
-        ours=torch.stack(outputs),
+        ours=apply_mask(torch.cat(images), cut_ours),
+        ours_mask=predicted,
+        source_mask=source_mask,
     )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bilayer.metrics.evaluation import METHODS, SSIM_REGIONS, Evaluation
+from bilayer.metrics.evaluation import MASK_MODES, METHODS, SSIM_REGIONS, Evaluation
 from bilayer.metrics.images import labelled_grid, to_uint8, write_png
 from bilayer.metrics.registry import list_metrics, metric_spec
 
@@ -36,7 +36,7 @@ def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta
         row: dict[str, float | None] = {m: ev.mean(method, m) if m in computed else None for m in IMAGE_METRICS}
         if "nme" in computed:
             row["nme_no_face"] = ev.unscored(method, "nme")
-        row.update({m: ev.mean(method, m) for m in SSIM_REGIONS if m in computed})
+        row.update({m: ev.mean(method, m) for m in (*SSIM_REGIONS, "mask_iou") if m in computed})
         out[method] = row
     out["ours"].update(
         gmacs=gmacs,
@@ -49,8 +49,10 @@ def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta
                "their fraction is nme_no_face",
         "timing": f"median over clips (init) and frames (inference, batch 1) on this machine's CPU with "
                   f"{torch.get_num_threads()} threads; the paper: NVIDIA P40, median of 1000 runs",
-        "images": "foreground only: output cut with its predicted mask, target and source with their dataset masks"
+        "images": f"foreground only ({meta['mask']} masks): {MASK_MODES[meta['mask']]}"
                   + _masks_cut(meta.get("mask_threshold")),
+        "mask_iou": "IoU of the pixels >= 0.5 of the predicted mask (copy source: the source's mask) and the "
+                    "target's dataset mask",
         "ssim_regions": "SSIM of the windows wholly in the target's background (its mask < 0.5; background_windows "
                         "is their share) and of the other windows",
     }
@@ -91,6 +93,8 @@ def format_table(results: dict[str, Any]) -> str:
                    ("the other windows", "ssim_foreground"))
         lines.append("SSIM by region of the target: " + "; ".join(
             f"{label} ours {_cell(ours[key], key)}, copy source {_cell(copy[key], key)}" for label, key in regions))
+    lines.append(f"Silhouette (mask IoU with the target's mask): ours {_cell(results['ours']['mask_iou'], 'mask_iou')}, "
+                 f"copy source {_cell(results['copy_source']['mask_iou'], 'mask_iou')}")
     if "nme_no_face" in results["ours"]:
         lines.append("NME: outputs with no face found excluded: "
                      f"ours {100 * results['ours']['nme_no_face']:.1f}%, "

@@ -83,6 +83,10 @@ class TrainConfig:
     # Batch sizes of the paper (Sec. 3.5); it does not report iteration counts.
     base: StageConfig = field(default_factory=lambda: StageConfig(iterations=500_000, batch_size=48))
     updater: StageConfig = field(default_factory=lambda: StageConfig(iterations=100_000, batch_size=32))
+    # Sec. 3.3: also train G_upd inside the base stage (its M steps between G_tex and the render,
+    # gradients through all networks) - "possible, and can lead to better quality", the paper
+    # says, set aside there for memory. Off: the paper's two stages.
+    joint_updater: bool = False
     standing_stats_batches: int = 500  # App. A.1
     num_workers: int = 2  # data-loading processes per training process
     checkpoint_every: int = 1000  # iterations between writes of checkpoints/last.pt
@@ -98,10 +102,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.updater.iterations > 0 and self.model.upd_steps < 1:
+        if (self.updater.iterations > 0 or self.joint_updater) and self.model.upd_steps < 1:
             # With M = 0 the updater stage has nothing to train (its loss has no gradient).
             raise ValueError(
-                f"model.upd_steps must be >= 1 when updater.iterations > 0, got {self.model.upd_steps}"
+                f"model.upd_steps must be >= 1 when updater.iterations > 0 or joint_updater, got {self.model.upd_steps}"
             )
 
 

@@ -2,7 +2,8 @@
 
 Each iteration runs two phases with simultaneous Adam updates (Sec. 3.5):
   1. generator phase: forward + backward of L_G with only the stage's generators trainable
-     (base: E, G_tex, G; updater: G_upd, the base networks frozen in eval mode);
+     (base: E, G_tex, G, and G_upd with `joint_updater`; updater: G_upd, the base networks
+     frozen in eval mode);
   2. discriminator phase: forward + backward of L_adv^D on the same batch (fakes detached);
 then the loss terms are averaged over processes and checked: a NaN/Inf stops the run before any
 optimizer step, keeping the last good checkpoint. Between the stages the generators' BatchNorm
@@ -36,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from bilayer.checkpoint import read_checkpoint, save_checkpoint
+from bilayer.checkpoint import read_checkpoint, save_checkpoint, updater_trained
 from bilayer.config import config_changes, to_dict
 from bilayer.errors import InputError
 from bilayer.losses import Frame, Objective, warp_weight
@@ -68,7 +69,7 @@ class Progress:
 @dataclass
 class StagePhases:
     name: str  # "base" | "updater"
-    g_name: str  # optimizer / network group of the generator phase: "generators" | "updater"
+    g_groups: tuple[str, ...]  # optimizer / network groups of the generator phase ("generators", "updater")
     g_phase: nn.Module  # BasePhase or UpdaterPhase, DDP-wrapped with several processes
     d_phase: nn.Module  # DiscriminatorPhase, likewise
 
@@ -207,7 +208,7 @@ class Trainer:
     def prepare(self, name: str) -> StagePhases:
         """Modes, trainable sets and (with several processes) DDP wrappers for stage `name`."""
         base = name == "base"
-        g_name = "generators" if base else "updater"
+        g_groups = (("generators", "updater") if self.cfg.joint_updater else ("generators",)) if base else ("updater",)
         self.model.train()
         if not base:  # frozen base networks: eval mode keeps their BN and SN buffers unchanged
             set_trainable(self.nets["generators"], False)
@@ -217,10 +218,13 @@ class Trainer:
         # head) get no gradient, and DDP must look for them.
         w = self.cfg.loss
         find_unused = not all((w.adversarial, w.feature_matching, w.pixel, w.mask))
-        g_phase = self._wrap((BasePhase if base else UpdaterPhase)(self.model, self.objective), self.nets[g_name],
-                             find_unused)
+        phase = BasePhase(self.model, self.objective, self.cfg.joint_updater) if base else UpdaterPhase(self.model, self.objective)
+        g_phase = self._wrap(phase, self._group_nets(g_groups), find_unused)
         d_phase = self._wrap(DiscriminatorPhase(self.model.discriminator, self.objective), self.nets["discriminator"], False)
-        return StagePhases(name, g_name, g_phase, d_phase)
+        return StagePhases(name, g_groups, g_phase, d_phase)
+
+    def _group_nets(self, groups: tuple[str, ...]) -> list[nn.Module]:
+        return [net for group in groups for net in self.nets[group]]
 
     def _run_stage(self, name: str) -> None:
         cfg, stage = self.cfg, getattr(self.cfg, name)
@@ -268,11 +272,12 @@ class Trainer:
         """One iteration (0-based `iteration` of the stage): G phase and D phase forward + backward,
         NaN/Inf check, then both Adam steps. Returns the process-averaged loss terms and the G
         phase's outputs (masked real/fake, visuals)."""
-        g_name, g_phase, d_phase = phases.g_name, phases.g_phase, phases.d_phase
+        groups, g_phase, d_phase = phases.g_groups, phases.g_phase, phases.d_phase
         extra = {"warp": warp_weight(self.cfg.loss, iteration)} if phases.name == "base" else {}
-        g_nets, d_nets = self.nets[g_name], self.nets["discriminator"]
-        g_opt, d_opt = self.optimizers[g_name], self.optimizers["discriminator"]
-        g_scaler, d_scaler = self.scalers[g_name], self.scalers["discriminator"]
+        g_nets, d_nets = self._group_nets(groups), self.nets["discriminator"]
+        g_opts, d_opt = [self.optimizers[group] for group in groups], self.optimizers["discriminator"]
+        # One loss, one scaler: the first group's steps every optimizer of the phase.
+        g_scaler, d_scaler = self.scalers[groups[0]], self.scalers["discriminator"]
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
 
@@ -281,7 +286,8 @@ class Trainer:
         with autocast:
             result = g_phase(source, target, **extra)
         g_terms = result["losses"]
-        g_opt.zero_grad(set_to_none=True)
+        for opt in g_opts:
+            opt.zero_grad(set_to_none=True)
         g_scaler.scale(sum(g_terms.values())).backward()
 
         set_trainable(g_nets, False)
@@ -305,8 +311,9 @@ class Trainer:
                 f"stopped before the optimizer step, last good checkpoint: {kept}"
             )
         self.stop_requested |= stop > 0
-        for scaler, opt in ((g_scaler, g_opt), (d_scaler, d_opt)):
-            scaler.step(opt)
+        for scaler, opts in ((g_scaler, g_opts), (d_scaler, [d_opt])):
+            for opt in opts:
+                scaler.step(opt)
             scaler.update()
         out = dict(zip(names, losses))
         out["G/total"] = sum(losses[: len(g_terms)])
@@ -343,8 +350,16 @@ class Trainer:
             "warp_weight": warp_weight(self.cfg.loss, self.progress.iteration) if self.progress.stage == "base" else 0.0,
             "world_size": self.world,
             "train_config": to_dict(self.cfg),
+            "updater_trained": self._updater_trained(),
             **({"init": self.init} if self.init is not None else {}),
         }
+
+    def _updater_trained(self) -> bool:
+        """Whether G_upd has been trained: by this run (the updater stage, or the base stage with
+        joint_updater) or in the --init checkpoint it was copied from."""
+        p, joint = self.progress, self.cfg.joint_updater
+        trained_here = (p.stage == "updater" and p.iteration > 0) or (joint and (p.stage != "base" or p.iteration > 0))
+        return trained_here or bool(self.init and self.init["updater_trained"])
 
     def _save(self, name: str, training: bool) -> None:
         """Rank 0 writes checkpoints/<name> atomically; `training` adds the state to resume from."""
@@ -377,7 +392,8 @@ class Trainer:
                                                 if k.startswith(name + ".")})
             except RuntimeError as e:
                 raise InputError(f"{path}: {name} does not match the model config ({str(e).splitlines()[0]})") from None
-        self.init = {"checkpoint": str(path), "networks": held}
+        self.init = {"checkpoint": str(path), "networks": held,
+                     "updater_trained": "updater" in held and updater_trained(ckpt.get("meta", {}))}
 
     def _load(self, path: Path) -> None:
         ckpt = read_checkpoint(path)

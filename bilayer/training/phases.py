@@ -4,7 +4,8 @@ Each phase is a module so that DistributedDataParallel can wrap it: its `forward
 networks and the loss object and returns a dict with the named loss terms. The training loop
 toggles `requires_grad_` so that only the phase's own networks receive gradients.
 
-* Base stage, generator phase (Sec. 3.1-3.2): E -> G_tex, G -> LF + warped texture, L_G.
+* Base stage, generator phase (Sec. 3.1-3.2): E -> G_tex, G -> LF + warped texture, L_G; with
+  `joint`, G_upd's M steps refine the texture in between and train with the rest (Sec. 3.3).
 * Updater stage, generator phase (Sec. 3.3): frozen base model, M unrolled LGD steps of G_upd
   guided by the SOURCE frame (Eq. 7), then L_G of the enhanced TARGET frame (Eq. 8).
 * Discriminator phase (both stages): L_adv^D on masked real and detached masked fake (Eq. 12).
@@ -31,14 +32,22 @@ def _result(losses: GeneratorLosses, out: Rendered, state: AvatarState) -> dict:
 
 
 class BasePhase(nn.Module):
-    """Stage 1 generator phase: trains E, G_tex and G."""
+    """Stage 1 generator phase: trains E, G_tex and G (and G_upd with `joint`).
 
-    def __init__(self, model: BilayerModel, objective: Objective):
+    With `joint` the texture is refined by the M LGD steps of Eq. 7 before the target is rendered
+    (Eq. 8), as at inference: the target loss reaches G_upd through all M steps and E, G_tex and G
+    through the refined texture, so G's warp learns to carry what the updater copies from the
+    source to the target pose. The guiding gradients stay detached inputs (Fig. 3).
+    """
+
+    def __init__(self, model: BilayerModel, objective: Objective, joint: bool = False):
         super().__init__()
-        self.model, self.objective = model, objective
+        self.model, self.objective, self.joint = model, objective, joint
 
     def forward(self, source: Frame, target: Frame, warp: float) -> dict:
         state = self.model.initialize(source.image, source.landmarks, source.mask)
+        if self.joint:
+            state = self.model.enhance(state, source.keypoints, source.image)  # X_M(s), Eq. 7
         out = self.model.render(target.keypoints, state)
         return _result(self.objective.generator(out, target, self.model.discriminator, warp), out, state)
 
