@@ -80,6 +80,10 @@ def test_config_files_resolve_presets_and_reject_unknown_keys(tmp_path):
         load_train_config(TINY_YAML, ["base.itrations=3"])
     with pytest.raises(ConfigError, match="loss weight pixel"):
         load_train_config(TINY_YAML, ["loss.pixel=.nan"])
+    # YAML 1.1 reads 1e-4 (no dot) as a string; a float field takes it as the number it spells.
+    assert load_train_config(TINY_YAML, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    with pytest.raises(ConfigError, match=r"TrainConfig\.optim\.lr: expected a number, got 'fast'"):
+        load_train_config(TINY_YAML, ["optim.lr=fast"])
 
 
 
