@@ -24,15 +24,20 @@ demo: setup
 
 # The recipe of the shipped demo model (docs/demo_model.md): synthetic clips of registry photos
 # -> preprocessing -> both training stages -> demo model, motion track and held-out evaluation.
-# About 4 h on 2 CPU cores, almost all of it training; clip making, preprocessing and training resume.
+# About 5 h on 2 CPU cores, almost all of it training; clip making, preprocessing and training resume.
 BILAYER := $(VENV)/bin/bilayer
+DEMO_JOINT := joint_updater=true base.iterations=1000 updater.iterations=0 loss.warp=0 optim.lr=1e-4 checkpoint_every=200
 demo-model: setup
 	$(PY) scripts/make_demo_data.py --out demo/videos --clips-per-photo 6 --seconds 4 --size 256
 	$(BILAYER) preprocess demo/videos/train --out demo/data_train
 	$(BILAYER) preprocess demo/videos/heldout --out demo/data_heldout
 	$(BILAYER) train --config configs/demo.yaml --data demo/data_train --out runs/demo \
 		$(if $(wildcard runs/demo/checkpoints/last.pt),--resume)
-	$(PY) scripts/ship_demo_model.py runs/demo/checkpoints/final.pt bilayer/assets/demo.pt
+	# Fine-tuning with G_upd's steps inside the base stage (joint_updater, docs/demo_model.md).
+	$(BILAYER) train --config configs/demo.yaml --data demo/data_train --out runs/demo_joint \
+		$(if $(wildcard runs/demo_joint/checkpoints/last.pt),--resume,--init runs/demo/checkpoints/final.pt) \
+		$(DEMO_JOINT)
+	$(PY) scripts/ship_demo_model.py runs/demo_joint/checkpoints/final.pt bilayer/assets/demo.pt
 	$(BILAYER) track demo/videos/driving/biden_drive.mp4 --out bilayer/assets/demo_track.npy
 	$(BILAYER) evaluate --data demo/data_heldout --split all --clips-per-identity 6 \
 		--json demo/eval_heldout.json --grid demo/eval_heldout.png

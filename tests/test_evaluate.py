@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ from bilayer.checkpoint import load_model, save_checkpoint
 from bilayer.cli.main import main
 from bilayer.nets import apply_mask
 from bilayer.metrics.complexity import frame_macs
-from bilayer.metrics.evaluation import EvalConfig, evaluate, target_frames
+from bilayer.metrics.evaluation import EvalConfig, Evaluation, evaluate, target_frames
 from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
 from tests.nets_helpers import tiny_config
@@ -36,6 +37,20 @@ def test_targets_are_taken_at_one_fps():
     assert target_frames(np.r_[3:20, 30:80], fps=25) == [17, 40, 65]  # face lost 20..29: first frame after 1 s
     assert target_frames(np.r_[0:10, 70:80], fps=25) == [10, 15]  # 1 s and 2 s fall in a gap: 2.8 s, then 3 s
     assert target_frames(np.arange(20), fps=25) == [] and target_frames(np.zeros(1), fps=0) == []
+
+
+def test_versus_copy_source_by_hand():
+    """Paired differences, a clip's pairs one cluster; a pair one method could not score is left out."""
+    t = torch.tensor
+    ev = Evaluation(scores={"ours": {"m": [t([0.6, 0.8]), t([0.3, 0.5])]},
+                            "copy_source": {"m": [t([0.5, 0.5]), t([0.5, float("nan")])]}})
+    # differences: clip 1 (0.1, 0.3), clip 2 (-0.2); mean 0.2 / 3; residual sums per clip +-(0.4 / 1.5)
+    mean, se = 0.2 / 3, math.sqrt(2 * (0.4 / 1.5) ** 2 * 2 / 1) / 3
+    assert ev.versus_copy_source("m", True) == pytest.approx(
+        {"difference": mean, "standard_error": se, "pairs_better": 2 / 3})
+    assert ev.versus_copy_source("m", False)["pairs_better"] == pytest.approx(1 / 3)
+    nan = Evaluation(scores={"ours": {"m": [t([float("nan")])]}, "copy_source": {"m": [t([0.5])]}})
+    assert nan.versus_copy_source("m", True) is None
 
 
 def test_clip_selection_first_clips_of_each_identity():
@@ -170,6 +185,10 @@ def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
     assert results["mask_threshold"] is None and "Images: foreground only (target masks)" in table
     assert "cut into 0/1" not in table and results["mask"] == "target"
     assert 0 <= ours["mask_iou"] <= 1 and 0 < copy["mask_iou"] <= 1 and "Silhouette (mask IoU" in table
+    versus = results["versus_copy_source"]
+    assert sorted(versus) == ["csim", "nme", "ssim"] and versus["ssim"]["pairs_better"] == 0.0
+    assert versus["ssim"]["difference"] == pytest.approx(ours["ssim"] - copy["ssim"])
+    assert f"SSIM {versus['ssim']['difference']:+.3f} ± {versus['ssim']['standard_error']:.3f} (0%)" in table
 
     image = cv2.imread(str(grid))
     assert image.shape == (24 + 2 * 64, 3 * 64, 3)  # header + one row per clip; source | target | ours

@@ -21,7 +21,8 @@ segmentation model [15], where soft masks (MediaPipe's confidences) leave a few 
 static background in both the target and the copied source.
 
 The copy-source baseline (output = the source frame, cut as the mode says) is scored on the same
-pairs with the same metrics, so no number is read alone. With SSIM, both are also scored
+pairs with the same metrics, so no number is read alone; `Evaluation.versus_copy_source` says
+whether a difference is more than noise (standard error over clips). With SSIM, both are also scored
 on the windows wholly in the target's background and on the rest (`SSIM_REGIONS`), which shows
 how much of a gap is the predicted mask's.
 """
@@ -122,6 +123,23 @@ class Evaluation:
         """Fraction of pairs the metric could not score (NME: no face found in the output)."""
         values = self._values(method, name)
         return float((~torch.isfinite(values)).float().mean()) if len(values) else 0.0
+
+    def versus_copy_source(self, name: str, higher_is_better: bool) -> dict[str, float] | None:
+        """Ours minus copy source on the pairs both scored: the mean difference, its standard error
+        with each clip's pairs as one cluster (they share a source frame), and the share of pairs
+        on which ours is better. None when no pair was scored by both."""
+        per_clip = [d[torch.isfinite(d)] for d in (o - c for o, c in zip(self.scores["ours"][name],
+                                                                           self.scores["copy_source"][name]))]
+        per_clip = [d for d in per_clip if len(d)]
+        if not per_clip:
+            return None
+        diffs = torch.cat(per_clip).double()  # (N,)
+        mean, n, k = diffs.mean(), len(diffs), len(per_clip)
+        # Cluster-robust standard error of a mean: sqrt(k / (k - 1) * sum_c (sum_p (d_p - mean))^2) / n.
+        residual = torch.stack([(d.double() - mean).sum() for d in per_clip])
+        se = float((residual.pow(2).sum() * k / (k - 1)).sqrt() / n) if k > 1 else math.nan
+        better = diffs > 0 if higher_is_better else diffs < 0
+        return {"difference": float(mean), "standard_error": se, "pairs_better": float(better.double().mean())}
 
 
 def target_frames(frame_index: np.ndarray, fps: float, rate: float = 1.0) -> list[int]:

@@ -56,9 +56,14 @@ def results_json(ev: Evaluation, unavailable: dict[str, str], gmacs: float, meta
         "ssim_regions": "SSIM of the windows wholly in the target's background (its mask < 0.5; background_windows "
                         "is their share) and of the other windows",
     }
+    versus = {m: ev.versus_copy_source(m, metric_spec(m).higher_is_better)
+              for m in IMAGE_METRICS if m in ev.scores["ours"]}
+    notes["versus_copy_source"] = ("ours minus copy source over the pairs both scored: difference (mean), "
+                                   "standard_error (each clip's pairs one cluster), pairs_better (share of "
+                                   "pairs on which ours is better)")
     background = float(torch.cat(ev.background).mean()) if ev.background else None
-    return {**out, "n_pairs": ev.n_pairs, "n_clips": len(ev.clips), "background_windows": background,
-            "unavailable": unavailable, "notes": notes, **meta}
+    return {**out, "versus_copy_source": versus, "n_pairs": ev.n_pairs, "n_clips": len(ev.clips),
+            "background_windows": background, "unavailable": unavailable, "notes": notes, **meta}
 
 
 def _masks_cut(threshold: float | None) -> str:
@@ -83,6 +88,11 @@ def format_table(results: dict[str, Any]) -> str:
         cells = ["-" if key not in row else _cell(row[key], key) for key, _ in COLUMNS]
         lines.append(f"{ROW_NAMES[method]:{width}}  " + "  ".join(f"{c:>10}" for c in cells))
     lines.append(f"{results['n_pairs']} pairs from {results['n_clips']} clips (first frame -> targets at 1 FPS)")
+    versus = [f"{name.upper()} {v['difference']:+.3f} ± {v['standard_error']:.3f} ({100 * v['pairs_better']:.0f}%)"
+              for name, v in results["versus_copy_source"].items() if v is not None]
+    if versus:
+        lines.append("Ours - copy source (mean ± standard error over clips; pairs where ours is better): "
+                     + ", ".join(versus))
     for name, reason in results["unavailable"].items():
         lines.append(f"{name.upper()}: n/a, {reason}")
     lines.append(f"CSIM: {CSIM_NOTE}")
