@@ -64,7 +64,7 @@ def _check_value(cls_name: str, key: str, tp: Any, value: Any) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -128,15 +128,17 @@ class Evaluation:
         """Ours minus copy source on the pairs both scored: the mean difference, its standard error
         with each clip's pairs as one cluster (they share a source frame), and the share of pairs
         on which ours is better. None when no pair was scored by both."""
-        per_clip = [d[torch.isfinite(d)] for d in (o - c for o, c in zip(self.scores["ours"][name],
-                                                                           self.scores["copy_source"][name]))]
-        per_clip = [d for d in per_clip if len(d)]
+        per_clip = []  # (T_c,) finite differences of each clip that has one
+        for ours, copy in zip(self.scores["ours"][name], self.scores["copy_source"][name]):
+            d = (ours - copy).double()
+            if torch.isfinite(d).any():
+                per_clip.append(d[torch.isfinite(d)])
         if not per_clip:
             return None
-        diffs = torch.cat(per_clip).double()  # (N,)
+        diffs = torch.cat(per_clip)  # (N,)
         mean, n, k = diffs.mean(), len(diffs), len(per_clip)
         # Cluster-robust standard error of a mean: sqrt(k / (k - 1) * sum_c (sum_p (d_p - mean))^2) / n.
-        residual = torch.stack([(d.double() - mean).sum() for d in per_clip])
+        residual = torch.stack([(d - mean).sum() for d in per_clip])
         se = float((residual.pow(2).sum() * k / (k - 1)).sqrt() / n) if k > 1 else math.nan
         better = diffs > 0 if higher_is_better else diffs < 0
         return {"difference": float(mean), "standard_error": se, "pairs_better": float(better.double().mean())}
