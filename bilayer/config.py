@@ -10,13 +10,19 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from bilayer.errors import InputError
 
 T = TypeVar("T")
+
+#: How a model's inputs are made from a photo or frame (crop rule, keypoint normalisation, landmark
+#: image, mask erosion): this package's own preprocessing, or the authors' released code's
+#: (docs/official_weights.md). Recorded in every checkpoint (ModelConfig.preprocessing).
+Profile = Literal["bilayer", "official"]
+PROFILES: tuple[str, ...] = typing.get_args(Profile)
 
 
 class ConfigError(InputError):
@@ -148,18 +154,32 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def check_recorded_settings(path: Path, settings: dict[str, Any], key: str | None = None) -> bool:
-    """Whether the JSON file `path` (its `key` entry, when given) already records `settings`: False
-    when there is no record yet, an `InputError` naming every difference when it records others
-    (the folder's finished work was made with them)."""
+def read_recorded_settings(path: Path, key: str | None = None) -> dict[str, Any] | None:
+    """The settings a JSON file `path` records (its `key` entry, when given); None when the file
+    does not exist, a one-line `InputError` naming it when it cannot be read."""
     if not path.exists():
-        return False
+        return None
     try:
         recorded = json.loads(path.read_text())
         recorded = recorded if key is None else recorded[key]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: cannot read the recorded settings ({e!r})") from None
-    changed = config_changes(recorded, settings)
+    if not isinstance(recorded, dict):
+        raise InputError(f"{path}: cannot read the recorded settings (not a JSON object)")
+    return recorded
+
+
+def check_recorded_settings(path: Path, settings: dict[str, Any], key: str | None = None,
+                            implicit: dict[str, Any] | None = None) -> bool:
+    """Whether the JSON file `path` (its `key` entry, when given) already records `settings`: False
+    when there is no record yet, an `InputError` naming every difference when it records others
+    (the folder's finished work was made with them). A key of `implicit` missing on either side
+    reads as its value there (settings gained after a folder was made)."""
+    recorded = read_recorded_settings(path, key)
+    if recorded is None:
+        return False
+    implicit = implicit or {}
+    changed = config_changes({**implicit, **recorded}, {**implicit, **settings})
     if changed:
         raise InputError(f"{path.parent}: made with other settings ({'; '.join(changed)}); "
                          f"use a new folder or the recorded settings ({path})")
@@ -240,8 +260,20 @@ class ModelConfig:
     ada_skip: bool = True  # skip 1x1 convs predicted from the embeddings in both generators
     spectral_norm: bool = True  # on every conv and linear layer (Sec. 3.5)
     leaky_slope: float = 0.2
-    bn_eps: float = 1e-5
+    bn_eps: float = 1e-5  # the authors' released code: 1e-7
     landmark_channels: int = 3  # the landmark ("stickman") image is RGB
+    # Options that reproduce the authors' released code exactly (`bilayer convert official`,
+    # docs/official_weights.md); the defaults are this package's own layout.
+    # Which embedding predicts which adaptive tensor (App. A.2): "block": embedding k -> block k's
+    # own norms and skip; "official": parameters handed out in module order, so embedding k ->
+    # block k's norm2 and skip and block k+1's norm1 (the output norm after the last block),
+    # hidden width min(emb_channels * 2^(K-k), emb_max_channels).
+    projection_layout: Literal["block", "official"] = "block"
+    embedding_tap: Literal["output", "features"] = "output"  # block outputs, or after its first conv + act
+    source_average: Literal["embeddings", "encoder"] = "embeddings"  # where N source frames are averaged
+    guide_loss_scale: float = 1.0  # L_upd = scale * sum of squares (Eq. 7; official: 0.5)
+    align_corners: bool = False  # grid_sample of the texture (official code with torch >= 1.3: False)
+    preprocessing: Profile = "bilayer"  # how inputs are made (Profile above)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "generator_input_size", "embedding_size", "dis_output_size",
@@ -267,9 +299,10 @@ class ModelConfig:
     def _check_projections(self) -> None:
         """The rule of `bilayer.nets.projector.Projector`, checked before any network is built.
 
-        Embedding k (C_k channels, resized to S x S) is viewed as one row per channel of each
-        adaptive layer of generator block k: its input channels (blocks after the first, whose
-        input norm is adaptive) and its output channels. So C_k * S * S must divide by both.
+        Embedding k (C_k channels, resized to S x S) is viewed as one row per output channel of
+        each adaptive layer it predicts: in the "block" layout block k's input channels (its
+        adaptive norm1, blocks after the first) and output channels; in the "official" layout
+        block k's output channels only. So C_k * S * S must divide by each.
         """
         emb = self.embedding_channels
         for name, generator, base, cap in (
@@ -278,7 +311,8 @@ class ModelConfig:
         ):
             s, ch = getattr(self, name), self.generator_channels(base, cap)
             for k, c in enumerate(emb):
-                for rows in (ch[k], ch[k + 1]) if k else (ch[k + 1],):
+                block_rows = (ch[k], ch[k + 1]) if k and self.projection_layout == "block" else (ch[k + 1],)
+                for rows in block_rows:
                     if c * s * s % rows:
                         raise ValueError(
                             f"{name} {s}: embedding {k} ({c}x{s}x{s} values) cannot be split into "
@@ -303,6 +337,15 @@ class ModelConfig:
     def embedding_channels(self) -> list[int]:
         """Channels of the K embeddings = output channels of the texture generator's blocks."""
         return self.generator_channels(self.tex_channels, self.tex_max_channels)[1:]
+
+    @property
+    def projection_hidden(self) -> list[int]:
+        """Hidden width of the projection heads of embedding k (both generators): C_k, or in the
+        "official" layout min(emb_channels * 2^(K - k), emb_max_channels)."""
+        if self.projection_layout == "block":
+            return self.embedding_channels
+        return [min(self.emb_channels * 2 ** (self.num_blocks - k), self.emb_max_channels)
+                for k in range(self.num_blocks)]
 
 
 def _halves_to(size: int, target: int) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from bilayer.runtime.choices import BACKENDS, BACKGROUNDS, PRECISIONS, RUNNER_PRECISIONS
+from bilayer.runtime.choices import BACKENDS, BACKGROUNDS, DRIVER_CROPS, PRECISIONS, RUNNER_PRECISIONS
 
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,6 +13,13 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     per_backend = "; ".join(f"{b}: {', '.join(ps)}" for b, ps in RUNNER_PRECISIONS.items())
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"{per_backend} (torch fp16: for GPUs)")
+
+
+def add_driver_crop_argument(p: argparse.ArgumentParser) -> None:
+    """--driver-crop (also used by `bilayer track`)."""
+    p.add_argument("--driver-crop", choices=DRIVER_CROPS, default="smoothed",
+                   help="smoothed: one steady crop that follows the head (default); exact: every frame cropped "
+                        "on its own, as the authors' code does (the rendered head shakes with the detector's noise)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--relative", action="store_true",
                    help="transfer the driver's motion relative to its first frame (cross-reenactment)")
     p.add_argument("--side-by-side", action="store_true", help="write source | driver | result")
+    add_driver_crop_argument(p)
     add_render_arguments(p)
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of a --keypoints track (> 0)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N >= 1 driver frames")
@@ -37,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from bilayer.runtime.pipeline import AnimateOptions, animate
 
     options = AnimateOptions(args.relative, args.side_by_side, args.backend, args.precision, args.fps, args.max_frames,
-                             args.background)
+                             args.background, args.driver_crop)
     r = animate(args.source, args.out, args.checkpoint, args.driver, args.keypoints, options, progress=not args.quiet)
     audio = "with audio" if r.has_audio else "no audio"
     print(f"{r.path}: {r.frames} frames at {r.fps:g} fps, {audio}; init {r.init_ms:.0f} ms, "

@@ -3,11 +3,13 @@ landmark images and foreground masks, read from a dataset written by `bilayer pr
 
 The train/test split is by identity, as in the paper ("the test set ... does not intersect with
 the train set in terms of videos or identities", Sec. 4): an identity's split is a deterministic
-function of its name, so it never changes when clips are added.
+function of its name, so it never changes when clips are added. Clips whose source fixes their
+split (data imported from the official layout's train/ and test/ folders) keep it.
 """
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +21,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from bilayer.data.augment import apply_color, color_matrix
-from bilayer.data.landmarks import draw_landmarks, flip_keypoints, pixel_keypoints
+from bilayer.config import Profile
+from bilayer.data.landmarks import draw_profile_landmarks, flip_keypoints
 from bilayer.data.store import ClipReader, ClipRecord, DatasetStore
 from bilayer.errors import InputError
 
@@ -39,6 +42,9 @@ class DatasetConfig:
     brightness_jitter: float = 0.0  # relative, below 1
     test_fraction: float = 0.05  # fraction of identities held out
     seed: int | None = None  # None: fresh randomness; an int makes item i of epoch e reproducible
+    # The landmark image style of the MODEL trained or evaluated on the pairs (config.Profile). Data
+    # of another profile still loads, with a warning: its keypoints follow another convention.
+    profile: Profile = "bilayer"
 
     def __post_init__(self) -> None:
         if self.min_gap < 0 or (self.max_gap is not None and self.max_gap < self.min_gap):
@@ -74,14 +80,22 @@ class PairDataset(Dataset):
         self.root, self.split, self.cfg = Path(root), split, cfg
         if not (self.root / "manifest.jsonl").exists():
             raise InputError(f"{self.root}: not a dataset (no manifest.jsonl; run `bilayer preprocess`)")
+        store = DatasetStore(self.root)
         self.clips: list[ClipRecord] = [
-            c for c in DatasetStore(self.root).clips()
-            if c.num_frames > cfg.min_gap and (split == "all" or identity_split(c.identity, cfg.test_fraction) == split)
+            c for c in store.clips() if c.num_frames > cfg.min_gap and split in ("all", self.clip_split(c))
         ]
         if not self.clips:
             raise InputError(f"{self.root}: no clips in split {split!r} (test_fraction {cfg.test_fraction}, "
                              f"min_gap {cfg.min_gap})")
+        data_profile = store.profile()
+        if data_profile != cfg.profile:
+            print(f"warning: {self.root}: data of profile {data_profile!r} read for a model of profile "
+                  f"{cfg.profile!r} (keypoints and landmark images less faithful)", file=sys.stderr)
         self.epoch = 0
+
+    def clip_split(self, clip: ClipRecord) -> str:
+        """The split recorded with the clip, else its identity's (identity_split)."""
+        return clip.split or identity_split(clip.identity, self.cfg.test_fraction)
 
     @property
     def identities(self) -> set[str]:
@@ -123,8 +137,10 @@ class PairDataset(Dataset):
         image = _decode(reader.jpeg(i), cv2.IMREAD_COLOR, s, f"{reader.path}: frame {i}")[..., ::-1]  # (S, S, 3) RGB
         mask = _decode(reader.mask_png(i), cv2.IMREAD_GRAYSCALE, s, f"{reader.path}: mask {i}")  # (S, S)
         if flip:
+            # Exact mirror for our keypoints ((x + 0.5) / S * 2 - 1); official ones (x / S * 2 - 1)
+            # mirror to -x - 2 / S, so there the flipped keypoints sit 1 px at 256 right of the face.
             image, mask, keypoints = image[:, ::-1], mask[:, ::-1], flip_keypoints(keypoints)
-        landmarks = draw_landmarks(pixel_keypoints(keypoints, s), s)  # (S, S, 3) uint8
+        landmarks = draw_profile_landmarks(keypoints, s, self.cfg.profile)  # (S, S, 3) uint8
         return {
             f"{role}_image": _to_tensor(image),
             f"{role}_keypoints": torch.from_numpy(np.ascontiguousarray(keypoints, np.float32)),

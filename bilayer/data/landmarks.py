@@ -97,10 +97,52 @@ def draw_landmarks(keypoints_px: np.ndarray, size: int) -> np.ndarray:
     return image
 
 
-def landmark_image(keypoints_norm: Tensor, size: int) -> Tensor:
-    """Torch wrapper of `draw_landmarks`: (B, 68, 2) or (68, 2) normalized keypoints ->
+#: The landmark image of the authors' released code (`draw_stickmen`, 68-point branch), which
+#: their weights were trained on: (point indices, closed, RGB colour) per polyline, 1-px LINE_8
+#: lines 2 px thick on a background of 1 (not 0), at integer (truncated) pixel positions. The
+#: nose bridge ends with a segment from its tip (30) to the nostrils' centre (33).
+OFFICIAL_PARTS: tuple[tuple[tuple[int, ...], bool, tuple[int, int, int]], ...] = (
+    (tuple(range(0, 17)), False, (255, 255, 255)),  # jaw
+    (tuple(range(17, 22)), False, (255, 0, 0)),  # right brow
+    (tuple(range(22, 27)), False, (0, 255, 0)),  # left brow
+    ((27, 28, 29, 30, 30, 33), False, (0, 0, 255)),  # nose bridge and tip
+    (tuple(range(31, 36)), False, (0, 0, 255)),  # nostrils
+    (tuple(range(36, 42)), True, (255, 0, 255)),  # right eye
+    (tuple(range(42, 48)), True, (0, 255, 255)),  # left eye
+    (tuple(range(48, 60)), True, (255, 255, 0)),  # outer lips
+    (tuple(range(60, 68)), True, (255, 255, 0)),  # inner lips
+)
+OFFICIAL_THICKNESS = 2  # their `stickmen_thickness` at 256 px
+
+
+def draw_official_landmarks(keypoints_norm: np.ndarray, size: int) -> np.ndarray:
+    """The released code's landmark image of (68, 2) normalized keypoints (x / side * 2 - 1 of the
+    crop) -> uint8 (size, size, 3) RGB; (N, 68, 2) -> (N, size, size, 3). Pixel-identical to
+    their `draw_stickmen` for the same float32 keypoints."""
+    keypoints_norm = np.asarray(keypoints_norm, np.float32)
+    if keypoints_norm.ndim == 3:
+        return np.stack([draw_official_landmarks(k, size) for k in keypoints_norm])
+    if keypoints_norm.shape != (NUM_KEYPOINTS, 2):
+        raise ValueError(f"keypoints must be (68, 2) or (N, 68, 2), got {keypoints_norm.shape}")
+    points = ((keypoints_norm + 1) / 2 * size).astype(np.int32)  # float32 arithmetic, truncated
+    image = np.ones((size, size, 3), np.uint8)
+    for idx, closed, colour in OFFICIAL_PARTS:
+        cv2.polylines(image, [points[list(idx), None]], closed, colour, OFFICIAL_THICKNESS)
+    return image
+
+
+def draw_profile_landmarks(keypoints_norm: np.ndarray, size: int, profile: str = "bilayer") -> np.ndarray:
+    """The landmark image a model of preprocessing `profile` (config.Profile) was trained on:
+    (68, 2) or (N, 68, 2) normalized keypoints -> uint8 (size, size, 3) or (N, size, size, 3)."""
+    if profile == "official":
+        return draw_official_landmarks(keypoints_norm, size)
+    return draw_landmarks(pixel_keypoints(keypoints_norm, size), size)
+
+
+def landmark_image(keypoints_norm: Tensor, size: int, profile: str = "bilayer") -> Tensor:
+    """Torch wrapper of `draw_profile_landmarks`: (B, 68, 2) or (68, 2) normalized keypoints ->
     (B, 3, size, size) float32 in [-1, 1] (stickman on a -1 background), on the input's device."""
     batched = keypoints_norm if keypoints_norm.dim() == 3 else keypoints_norm[None]
-    px = pixel_keypoints(batched.detach().float().cpu().numpy(), size)
-    images = draw_landmarks(px, size).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1  # (B, 3, size, size)
+    drawn = draw_profile_landmarks(batched.detach().float().cpu().numpy(), size, profile)
+    images = drawn.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1  # (B, 3, size, size)
     return torch.from_numpy(images).to(keypoints_norm.device)

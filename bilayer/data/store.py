@@ -3,7 +3,8 @@
     DATASET/
       manifest.jsonl     one JSON line per finished clip (the source of truth)
       skipped.jsonl      one JSON line per skipped input: {"source", "size", "mtime_ns", "reason"}
-      settings.json      the preprocessing settings (PreprocessConfig) of every clip
+      settings.json      the preprocessing settings of every clip (PreprocessConfig, or an import's) and
+                         "profile" (config.Profile), the keypoint convention of the data
       shards/3f/<clip_id>.zip
       tmp/               clip files being written (one per running worker)
 
@@ -39,12 +40,15 @@ from typing import Any, Iterator, TypeVar
 
 import numpy as np
 
-from bilayer.config import check_recorded_settings
+from bilayer.config import check_recorded_settings, read_recorded_settings
 from bilayer.errors import InputError
 from bilayer.runtime.files import write_json
 
 MANIFEST, SKIPPED, SHARDS, TMP = "manifest.jsonl", "skipped.jsonl", "shards", "tmp"
 SETTINGS = "settings.json"  # the preprocessing config every clip of the dataset was made with
+#: Settings keys that datasets gained after their first release -> the value a settings.json
+#: without the key holds implicitly (a dataset made before profiles existed holds our own data).
+IMPLICIT_SETTINGS: dict[str, Any] = {"profile": "bilayer"}
 R = TypeVar("R")
 
 
@@ -78,6 +82,9 @@ class ClipRecord:
     source_width: int
     source_height: int
     face_size: float  # median face size (keypoint box side) in source pixels
+    # "train" / "test" when the source fixes the clip's split (the official layout's folders);
+    # None: the split is a function of the identity (dataset.identity_split). Absent in old lines.
+    split: str | None = None
 
     @property
     def key(self) -> SourceKey:
@@ -108,10 +115,10 @@ class ClipArrays:
     frame_index: np.ndarray  # (T,) int32
 
 
-def clip_id_for(source: str | Path) -> str:
-    """Readable, unique and stable id: file stem + hash of the absolute path."""
+def clip_id_for(source: str | Path, name: str | None = None) -> str:
+    """Readable, unique and stable id: `name` (default: the file stem) + hash of the absolute path."""
     path = Path(source).absolute()
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:48] or "clip"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if name is None else name)[:48] or "clip"
     return f"{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
 
 
@@ -181,13 +188,27 @@ class DatasetStore:
             if not _pid_alive(pid):
                 tmp.unlink(missing_ok=True)
 
+    def settings(self) -> dict[str, Any] | None:
+        """The recorded settings, keys of IMPLICIT_SETTINGS filled in; None when none are recorded."""
+        recorded = read_recorded_settings(self.root / SETTINGS)
+        return None if recorded is None else {**IMPLICIT_SETTINGS, **recorded}
+
+    def profile(self) -> str:
+        """The profile (config.Profile) of the dataset's keypoints: "bilayer" unless recorded."""
+        return (self.settings() or IMPLICIT_SETTINGS)["profile"]
+
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Record the preprocessing settings on the first run; refuse to add clips made with other
-        settings to a dataset (an `InputError` listing the differences). A dataset written before
-        settings were recorded takes the current ones."""
-        path = self.root / SETTINGS
-        if not check_recorded_settings(path, settings):
-            write_json(path, settings)
+        settings to a dataset (an `InputError` naming the other profile, or listing the differences).
+        A key of IMPLICIT_SETTINGS missing on either side reads as its implicit value, so a dataset
+        recorded before the key existed resumes. A dataset written before settings were recorded
+        takes the current ones."""
+        recorded, profile = self.settings(), {**IMPLICIT_SETTINGS, **settings}["profile"]
+        if recorded is not None and recorded["profile"] != profile:
+            raise InputError(f"{self.root}: holds data of profile {recorded['profile']!r}, not {profile!r} "
+                             f"({SETTINGS}); use a new folder")
+        if not check_recorded_settings(self.root / SETTINGS, settings, implicit=IMPLICIT_SETTINGS):
+            write_json(self.root / SETTINGS, settings)
 
     def clips(self) -> list[ClipRecord]:
         """Manifest records, the latest one per source, sorted by clip id."""

@@ -108,7 +108,7 @@ class GenericFrameNet(nn.Module):
         for module in list(gen.modules()):
             if isinstance(getattr(module, "bn", None), nn.BatchNorm2d):
                 module.bn = FrozenBatchNorm(module.bn)
-        self.gen = gen
+        self.gen, self.align_corners = gen, model.cfg.align_corners
         self.names = [(k, name) for k, specs in enumerate(gen.decoder.block_specs()) for name in specs]
 
     def input_names(self) -> list[str]:
@@ -123,7 +123,7 @@ class GenericFrameNet(nn.Module):
             nested[k][name] = p
         out = self.gen(keypoints, nested)
         texture = texture.expand(keypoints.shape[0], -1, -1, -1)  # traced: the batch stays dynamic
-        return out.lf + warp_texture(texture, out.grid), torch.sigmoid(out.mask_logit)
+        return out.lf + warp_texture(texture, out.grid, self.align_corners), torch.sigmoid(out.mask_logit)
 
 
 def generic_onnx(model: BilayerModel, state: AvatarState, fp16: bool = False) -> onnx.ModelProto:

@@ -180,7 +180,8 @@ def evaluate(
 ) -> Evaluation:
     """Run the protocol on the `cfg.split` clips of dataset `data` with the given metrics."""
     dataset = PairDataset(data, cfg.split, DatasetConfig(
-        image_size=model.cfg.image_size, flip_probability=0.0, test_fraction=cfg.test_fraction))
+        image_size=model.cfg.image_size, flip_probability=0.0, test_fraction=cfg.test_fraction,
+        profile=model.cfg.preprocessing))
     clips = select_clips(dataset, cfg.max_clips, cfg.clips_per_identity)
     avatar = Avatar(model)
     names = [*metrics, *(SSIM_REGIONS if "ssim" in metrics else ()), "mask_iou"]

@@ -1,10 +1,14 @@
 """Embedder E(x(s), y(s)) (Sec. 3.1; Fig. 12).
 
 Source image (background set to -1 by the source mask) concatenated with its landmark image ->
-conv -> downsampling residual blocks to 8x8 -> K same-resolution blocks whose outputs are the
-embeddings e_k(s). The channels narrow block by block to match the texture generator's blocks
+conv -> downsampling residual blocks to 8x8 -> K same-resolution blocks that give the embeddings
+e_k(s). The channels narrow block by block to match the texture generator's blocks
 (512, 512, 512, 256, 128, 64 at 256 px), bottlenecking the embeddings (A.2). No normalization,
 so the embedder trains more slowly than the rest (A.2). Several source frames are averaged.
+
+`ModelConfig.embedding_tap` picks each block's output ("output") or its features after the first
+conv and activation ("features", the authors' released code); `source_average` averages N source
+frames per embedding ("embeddings") or once after the encoder ("encoder", the released code).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class Embedder(nn.Module):
         self.blocks = nn.ModuleList(
             ResBlock(a, b, False, False, slope, sn) for a, b in zip([enc[-1]] + outs[:-1], outs)
         )
+        self.tap, self.average = cfg.embedding_tap, cfg.source_average
 
     def forward(self, image: Tensor, landmarks: Tensor, mask: Tensor | None = None) -> list[Tensor]:
         """image, landmarks: (B, [N,] 3, H, W) in [-1, 1]; mask: (B, [N,] 1, H, W) in [0, 1].
@@ -40,9 +45,11 @@ class Embedder(nn.Module):
         if mask is not None:
             image = apply_mask(image, mask)
         x = self.down(self.stem(torch.cat([image, landmarks], dim=1)))  # (B*N, 512, 8, 8)
+        if multi and self.average == "encoder":
+            x, multi = x.unflatten(0, (b, n)).mean(1), False  # (B, 512, 8, 8)
         embeddings = []
         for block in self.blocks:
-            x = block(x)
-            embeddings.append(x.unflatten(0, (b, n)).mean(1) if multi else x)
+            x, features = block.forward_with_features(x)
+            e = features if self.tap == "features" else x  # (B[*N], C_k, 8, 8)
+            embeddings.append(e.unflatten(0, (b, n)).mean(1) if multi else e)
         return embeddings
-

@@ -23,7 +23,7 @@ from bilayer.nets.layers import (
     linear,
     make_skip_factory,
 )
-from bilayer.nets.projector import Projector
+from bilayer.nets.projector import Projector, projection_groups
 
 
 def identity_grid(h: int, w: int) -> Tensor:
@@ -62,9 +62,8 @@ class InferenceGenerator(nn.Module):
         self.head_lf = conv(ch[-1], 3, 3, sn)
         self.head_warp = conv(ch[-1], 2, 3, sn)
         self.head_mask = conv(ch[-1], 1, 3, sn)
-        self.projector = Projector(
-            self.decoder.block_specs(), cfg.embedding_channels, cfg.inf_projection_size, sn
-        )
+        self.projector = Projector(projection_groups(self.decoder.block_specs(), cfg.projection_layout),
+                                   cfg.embedding_channels, cfg.projection_hidden, cfg.inf_projection_size, sn)
         self.register_buffer("grid0", identity_grid(cfg.image_size, cfg.image_size), persistent=False)
 
     def adaptive_params(self, embeddings: list[Tensor]) -> list[Params]:

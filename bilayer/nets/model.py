@@ -43,11 +43,11 @@ class Rendered:
         return torch.sigmoid(self.mask_logit)
 
 
-def warp_texture(texture: Tensor, grid: Tensor) -> Tensor:
+def warp_texture(texture: Tensor, grid: Tensor, align_corners: bool = False) -> Tensor:
     """HF layer: bilinear sampling of the texture at the warp field (texture B may be 1)."""
     if texture.shape[0] != grid.shape[0]:
         texture = texture.expand(grid.shape[0], -1, -1, -1)
-    return F.grid_sample(texture, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(texture, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
 
 
 class BilayerModel(nn.Module):
@@ -71,20 +71,22 @@ class BilayerModel(nn.Module):
     def render(self, keypoints: Tensor, state: AvatarState) -> Rendered:
         """keypoints: (B, 68, 2) in [-1, 1] -> the synthesized frame and its layers."""
         out = self.inference_generator(keypoints, state.inference_params)
-        hf = warp_texture(state.texture, out.grid)
+        hf = warp_texture(state.texture, out.grid, self.cfg.align_corners)
         return Rendered(out.lf + hf, out.lf, hf, out.mask_logit, out.grid, out.warp_delta)
 
     def enhance(self, state: AvatarState, source_keypoints: Tensor, source_image: Tensor, steps: int | None = None) -> AvatarState:
-        """Refine the texture with G_upd, guided by L_upd = sum of squares on the SOURCE frame's
-        foreground: rendering and source both cut with the mask predicted at the source pose
-        (Sec. 3.4, as every image loss; the released code's `enh_apply_masks`), so the texture
-        is not steered to paint the background."""
+        """Refine the texture with G_upd, guided by L_upd = cfg.guide_loss_scale x the sum of
+        squares on the SOURCE frame's foreground: rendering and source both cut with the mask
+        predicted at the source pose (Sec. 3.4, as every image loss; the released code's
+        `enh_apply_masks`), so the texture is not steered to paint the background."""
         with torch.no_grad():
             src = self.inference_generator(source_keypoints, state.inference_params)
             mask = torch.sigmoid(src.mask_logit)  # (B, 1, H, W)
             source = apply_mask(source_image, mask)
 
+        scale, align = self.cfg.guide_loss_scale, self.cfg.align_corners
+
         def guide_loss(texture: Tensor) -> Tensor:
-            return ((apply_mask(src.lf + warp_texture(texture, src.grid), mask) - source) ** 2).sum()
+            return scale * ((apply_mask(src.lf + warp_texture(texture, src.grid, align), mask) - source) ** 2).sum()
 
         return replace(state, texture=self.updater.refine(state.texture, guide_loss, steps))

@@ -19,7 +19,7 @@ from bilayer.nets.layers import (
     conv,
     make_skip_factory,
 )
-from bilayer.nets.projector import Projector
+from bilayer.nets.projector import Projector, projection_groups
 
 
 class TextureGenerator(nn.Module):
@@ -39,7 +39,8 @@ class TextureGenerator(nn.Module):
             pixel_bias=not cfg.ada_spade,
         )
         self.head = conv(ch[-1], 3, 3, cfg.spectral_norm)
-        self.projector = Projector(self.decoder.block_specs(), ch[1:], cfg.tex_projection_size, cfg.spectral_norm)
+        self.projector = Projector(projection_groups(self.decoder.block_specs(), cfg.projection_layout), ch[1:],
+                                   cfg.projection_hidden, cfg.tex_projection_size, cfg.spectral_norm)
 
     def adaptive_params(self, embeddings: list[Tensor]) -> list[Params]:
         return self.projector(embeddings)

@@ -36,7 +36,7 @@ class TextureUpdater(nn.Module):
         return torch.tanh(self.out(self.up(self.body(self.down(x)))))
 
     def refine(self, texture: Tensor, guide_loss: Callable[[Tensor], Tensor], steps: int | None = None) -> Tensor:
-        """M steps of Eq. 7. `guide_loss(texture)` is L_upd on the SOURCE frame (sum of squares).
+        """M steps of Eq. 7. `guide_loss(texture)` is L_upd on the SOURCE frame (scaled sum of squares).
 
         The guiding gradients are inputs only (detached); the returned texture stays attached
         to G_upd's graph, so the target objective back-propagates through all M copies.

@@ -50,7 +50,7 @@ class Avatar:
         from bilayer.runtime.faces import crop_source
 
         model, _ = load_model(checkpoint)
-        face = crop_source(photo, model.cfg.image_size)
+        face = crop_source(photo, model.cfg.image_size, model.cfg.preprocessing)
         avatar = cls(model, backend, precision)
         x = face.tensors()
         avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
@@ -82,7 +82,8 @@ class Avatar:
             rendered = self.model.render(keypoints, state)
             self.source_keypoints, self.source_render = keypoints, (rendered.image, rendered.mask)
         self.state = state
-        self.frame_net = fold_generator(self.model.inference_generator, state.inference_params, state.texture)
+        self.frame_net = fold_generator(self.model.inference_generator, state.inference_params, state.texture,
+                                        self.model.cfg.align_corners)
         calibration = None
         if self.precision == "int8":  # activation ranges from poses around the source's
             anchor = np.zeros((68, 2), np.float32) if keypoints is None else keypoints[0].cpu().numpy()

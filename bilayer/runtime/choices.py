@@ -1,6 +1,6 @@
 """Choices of the per-frame runtime without importing torch, so that the CLI offers them while
 `bilayer --help` stays instant: the runners' backends and precisions (`backends.RUNNERS`, named
-"backend/precision") and the backgrounds of the output video."""
+"backend/precision"), the backgrounds of the output video and the driver's crop modes."""
 from __future__ import annotations
 
 #: backend -> the precisions it runs at (torch/fp16 is meant for GPUs).
@@ -14,3 +14,8 @@ PRECISIONS: tuple[str, ...] = tuple(dict.fromkeys(p for ps in RUNNER_PRECISIONS.
 #: Output background -> its value in [-1, 1] behind the predicted mask; "none": the raw render. The
 #: model learns only the foreground (Sec. 3.4), so what it paints behind the mask is untrained.
 BACKGROUNDS: dict[str, float | None] = {"black": -1.0, "white": 1.0, "none": None}
+
+#: How a driving video is cropped (`annotator.CROP_MODES`): "smoothed" follows the One-Euro-filtered
+#: face box; "exact" crops every frame on its own, as the released code does. The output is
+#: rendered in crop coordinates, so per-frame crops pass the detector's noise on as a shaking head.
+DRIVER_CROPS: tuple[str, ...] = ("smoothed", "exact")

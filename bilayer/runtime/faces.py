@@ -1,22 +1,29 @@
 """Faces in photos and driving videos, with the same detector, keypoints and crop as preprocessing.
 
 `FaceAnnotator` (bilayer.data.preprocess) does online detection + dlib 68-point keypoints + a
-One-Euro-smoothed VoxCeleb-like crop box (+ MediaPipe segmentation on the CPU). The source photo
-gets the mask (the embedder sees a background-free source, as in training); a driving video gets
-one annotator for the whole clip, so its crop follows the head smoothly instead of being
-re-detected independently on every frame (no crop jitter).
+One-Euro-smoothed VoxCeleb-like crop box (+ MediaPipe segmentation on the CPU), with the crop rule,
+keypoint convention, landmark image and mask of the model's preprocessing profile
+(`ModelConfig.preprocessing`). The source photo gets the mask (the embedder sees a
+background-free source, as in training) and its own exact crop (one frame: nothing to smooth); a
+driving video gets one annotator for the whole clip, so its crop follows the head smoothly instead
+of being re-detected independently on every frame (no crop jitter), unless asked for "exact" crops.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from bilayer.config import Profile
 from bilayer.data.landmarks import landmark_image
 from bilayer.errors import InputError
+
+if TYPE_CHECKING:
+    from bilayer.data.preprocess.annotator import CropMode, FaceAnnotator
 
 
 @dataclass
@@ -24,6 +31,7 @@ class SourceFace:
     image: np.ndarray  # (S, S, 3) uint8 RGB crop
     keypoints: np.ndarray  # (68, 2) float32 in [-1, 1]
     mask: np.ndarray  # (S, S) float32 in [0, 1]
+    profile: Profile = "bilayer"  # how the crop, keypoints and mask were made, and the landmark image
 
     def tensors(self) -> dict[str, Tensor]:
         """Model inputs: image and landmark image (1, 3, S, S) in [-1, 1], keypoints (1, 68, 2),
@@ -32,17 +40,17 @@ class SourceFace:
         keypoints = torch.from_numpy(self.keypoints)[None]
         return {
             "image": torch.from_numpy(self.image).permute(2, 0, 1)[None].float() / 127.5 - 1,
-            "landmarks": landmark_image(keypoints, s),
+            "landmarks": landmark_image(keypoints, s, self.profile),
             "keypoints": keypoints,
             "mask": torch.from_numpy(self.mask)[None, None].float(),
         }
 
 
-def annotator(size: int, with_mask: bool):
-    """A FaceAnnotator producing size x size crops (loads the detector models)."""
+def annotator(size: int, with_mask: bool, profile: Profile = "bilayer", crop: CropMode = "smoothed") -> FaceAnnotator:
+    """A FaceAnnotator producing size x size crops of `profile` (loads the detector models)."""
     from bilayer.data.preprocess.annotator import AnnotatorConfig, FaceAnnotator
 
-    return FaceAnnotator(AnnotatorConfig(image_size=size), with_mask=with_mask)
+    return FaceAnnotator(AnnotatorConfig(image_size=size), with_mask, profile, crop)
 
 
 def read_photo(photo: str | Path) -> np.ndarray:
@@ -56,11 +64,12 @@ def read_photo(photo: str | Path) -> np.ndarray:
         return next(reader.frames())[2]
 
 
-def crop_source(photo: str | Path | np.ndarray, size: int) -> SourceFace:
-    """Detect the main face of a photo, crop it like the training data, keypoints and mask."""
+def crop_source(photo: str | Path | np.ndarray, size: int, profile: Profile = "bilayer") -> SourceFace:
+    """Detect the main face of a photo, crop it like the training data of `profile` (official: the
+    released code's exact rule), keypoints and mask."""
     frame = photo if isinstance(photo, np.ndarray) else read_photo(photo)
-    found = annotator(size, with_mask=True)(frame)
+    found = annotator(size, with_mask=True, profile=profile, crop="exact")(frame)
     if found is None:
         name = "photo" if isinstance(photo, np.ndarray) else str(photo)
         raise InputError(f"{name}: no face found")
-    return SourceFace(found.image, found.keypoints, found.mask)
+    return SourceFace(found.image, found.keypoints, found.mask, profile)

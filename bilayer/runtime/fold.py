@@ -187,11 +187,11 @@ class FrameNet(nn.Module):
     """
 
     def __init__(self, mlp: nn.Sequential, blocks: list[FrameBlock], head: nn.Conv2d, input_shape: tuple[int, int],
-                 slope: float, grid0: Tensor, texture: Tensor | None):
+                 slope: float, grid0: Tensor, texture: Tensor | None, align_corners: bool = False):
         super().__init__()
         self.mlp, self.blocks, self.head = mlp, nn.Sequential(*blocks), head
         self.c0, self.s0 = input_shape
-        self.slope = slope
+        self.slope, self.align_corners = slope, align_corners
         self.register_buffer("grid0", grid0.clone())  # (1, H, W, 2) identity sampling grid
         self.register_buffer("texture", None if texture is None else texture.detach().clone())
 
@@ -212,7 +212,8 @@ class FrameNet(nn.Module):
         h = _cast(h.contiguous(), texture)  # channels_last -> planar: per-channel ops below vectorize
         t = torch.tanh(h[:, :5])  # LF RGB | warp offset
         grid = self.grid0 + t[:, 3:].permute(0, 2, 3, 1)  # (B, H, W, 2), Eq. 9
-        hf = warp_texture(texture.expand(b, -1, -1, -1), grid)  # expanded here: ONNX keeps a dynamic batch
+        texture = texture.expand(b, -1, -1, -1)  # expanded here: ONNX keeps a dynamic batch
+        hf = warp_texture(texture, grid, self.align_corners)
         return t[:, :3] + hf, torch.sigmoid(h[:, 5:])
 
     @torch.no_grad()
@@ -224,11 +225,13 @@ class FrameNet(nn.Module):
 
 
 @torch.no_grad()
-def fold_generator(gen: InferenceGenerator, params: list[Params], texture: Tensor | None = None) -> FrameNet:
+def fold_generator(gen: InferenceGenerator, params: list[Params], texture: Tensor | None = None,
+                   align_corners: bool = False) -> FrameNet:
     """Merge one avatar's adaptive parameters (batch 1) into a static `FrameNet` (App. A.3).
 
     gen must be in eval mode (BatchNorm uses its running/standing statistics, spectral norm does
-    no power iteration). texture: (1, 3, H, W) to bake in, or None to pass it per call.
+    no power iteration). texture: (1, 3, H, W) to bake in, or None to pass it per call;
+    align_corners: the model's texture sampling (`ModelConfig.align_corners`).
     """
     if gen.training:
         raise ValueError("fold_generator needs the generator in eval mode")
@@ -259,5 +262,5 @@ def fold_generator(gen: InferenceGenerator, params: list[Params], texture: Tenso
 
     heads = (gen.head_lf, gen.head_warp, gen.head_mask)
     head = make_layer(nn.Conv2d, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]), padding=1)
-    net = FrameNet(nn.Sequential(*mlp_layers), blocks, head, (gen.c0, gen.s0), slope, gen.grid0, texture)
+    net = FrameNet(nn.Sequential(*mlp_layers), blocks, head, (gen.c0, gen.s0), slope, gen.grid0, texture, align_corners)
     return net.eval().requires_grad_(False)

@@ -4,8 +4,9 @@
 
 1. check the inputs (before any model is loaded);
 2. create the avatar from the photo, once (detect, crop, init, fold: `Avatar.from_image`);
-3. track the driver's face online with the preprocessing's detector and one smoothed crop box
-   for the whole clip, or read a stored (T, 68, 2) keypoint track;
+3. track the driver's face online with the preprocessing's detector and the model's preprocessing
+   profile, one smoothed crop box for the whole clip (or per-frame crops: `driver_crop="exact"`),
+   or read a stored (T, 68, 2) keypoint track;
 4. absolute or relative motion transfer (`motion.RelativeMotion`);
 5. render each frame and encode it (audio of the driver kept; `VideoWriter` is atomic).
 
@@ -25,12 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from bilayer.checkpoint import resolve_checkpoint
+from bilayer.config import Profile
 from bilayer.errors import InputError
 from bilayer.metrics.images import to_uint8
 from bilayer.nets import apply_mask
 from bilayer.runtime.avatar import Avatar
 from bilayer.runtime.backends import check_backend
-from bilayer.runtime.choices import BACKGROUNDS
+from bilayer.runtime.choices import BACKGROUNDS, DRIVER_CROPS
 from bilayer.runtime.motion import RelativeMotion
 from bilayer.runtime.sheet import ContactSheet
 from bilayer.runtime.video import check_output_path, open_video
@@ -45,10 +47,12 @@ class AnimateOptions:
     fps: float = 25.0  # frame rate of a keypoint track (a video keeps its own)
     max_frames: int | None = None
     background: str = "black"  # behind the predicted mask: a key of choices.BACKGROUNDS
+    driver_crop: str = "smoothed"  # a driving video's crop: one of choices.DRIVER_CROPS
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
             raise InputError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
+        check_driver_crop(self.driver_crop)
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise InputError(f"fps must be a number > 0, got {self.fps:g}")
         check_max_frames(self.max_frames)
@@ -58,6 +62,12 @@ def check_max_frames(max_frames: int | None) -> None:
     """None (all frames) or at least 1."""
     if max_frames is not None and max_frames < 1:
         raise InputError(f"max_frames must be >= 1, got {max_frames}")
+
+
+def check_driver_crop(driver_crop: str) -> None:
+    """One of choices.DRIVER_CROPS."""
+    if driver_crop not in DRIVER_CROPS:
+        raise InputError(f"driver_crop must be one of {', '.join(DRIVER_CROPS)}, got {driver_crop!r}")
 
 
 @dataclass
@@ -95,8 +105,10 @@ def load_keypoint_track(path: str | Path) -> np.ndarray:
     return track.astype(np.float32)
 
 
-def track_video(path: Path, size: int, max_frames: int | None) -> tuple[float, Iterator[DriverFrame]]:
-    """(fps, frames): the driver's face keypoints, tracked online with one smoothed crop."""
+def track_video(path: Path, size: int, max_frames: int | None, profile: Profile = "bilayer",
+                driver_crop: str = "smoothed") -> tuple[float, Iterator[DriverFrame]]:
+    """(fps, frames): the driver's face keypoints in `profile`'s convention, tracked online with
+    one smoothed crop (or `driver_crop="exact"`: each frame's own)."""
     from bilayer.data.preprocess.media import MediaReader
     from bilayer.runtime.faces import annotator
 
@@ -106,7 +118,7 @@ def track_video(path: Path, size: int, max_frames: int | None) -> tuple[float, I
         raise InputError(f"{path}: the driver must be a video")
 
     def frames() -> Iterator[DriverFrame]:
-        face = annotator(size, with_mask=False)
+        face = annotator(size, with_mask=False, profile=profile, crop=driver_crop)
         box = None
         with reader:
             for _, t, rgb in reader.frames():
@@ -120,8 +132,10 @@ def track_video(path: Path, size: int, max_frames: int | None) -> tuple[float, I
     return reader.info.fps, frames()
 
 
-def record_track(video: str | Path, max_frames: int | None = None, progress: bool = True) -> tuple[float, np.ndarray, int]:
-    """(fps, (T, 68, 2) float32 track, faceless frame count) of a driving video, for `--keypoints`.
+def record_track(video: str | Path, max_frames: int | None = None, progress: bool = True, profile: Profile = "bilayer",
+                 driver_crop: str = "smoothed") -> tuple[float, np.ndarray, int]:
+    """(fps, (T, 68, 2) float32 track, faceless frame count) of a driving video, for `--keypoints`
+    of a model of preprocessing `profile`.
 
     Frames without a face repeat the last keypoints (the ones before the first face take the
     first found), so the track keeps the video's frame count and timing.
@@ -130,7 +144,8 @@ def record_track(video: str | Path, max_frames: int | None = None, progress: boo
     if not video.is_file():
         raise InputError(f"{video}: driver video not found")
     check_max_frames(max_frames)
-    fps, frames = track_video(video, 256, max_frames)
+    check_driver_crop(driver_crop)
+    fps, frames = track_video(video, 256, max_frames, profile, driver_crop)
     found = [f.keypoints for f in tqdm(frames, unit="frame", disable=not progress, desc="track")]
     first = next((k for k in found if k is not None), None)
     if first is None:
@@ -142,11 +157,12 @@ def record_track(video: str | Path, max_frames: int | None = None, progress: boo
     return fps, np.stack(track).astype(np.float32), sum(k is None for k in found)
 
 
-def stickman(keypoints: np.ndarray, size: int) -> np.ndarray:
-    """The landmark image of (68, 2) normalized keypoints, (S, S, 3) uint8 (driver panel of a track)."""
-    from bilayer.data.landmarks import draw_landmarks, pixel_keypoints
+def stickman(keypoints: np.ndarray, size: int, profile: Profile = "bilayer") -> np.ndarray:
+    """The landmark image of `profile` of (68, 2) normalized keypoints, (S, S, 3) uint8 (driver
+    panel of a track)."""
+    from bilayer.data.landmarks import draw_profile_landmarks
 
-    return draw_landmarks(pixel_keypoints(keypoints, size), size)
+    return draw_profile_landmarks(keypoints, size, profile)
 
 
 def _centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -197,15 +213,17 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
     start = time.perf_counter()
     avatar = Avatar.from_image(source, checkpoint, options.backend, options.precision)
     init_ms = 1000 * (time.perf_counter() - start)
-    size = avatar.model.cfg.image_size
+    size, profile = avatar.model.cfg.image_size, avatar.model.cfg.preprocessing
 
     # 3. Driving keypoints.
     if track is not None:
         fps = options.fps
-        frames: Iterator[DriverFrame] = (DriverFrame(k, stickman(k, size)) for k in track[: options.max_frames])
+        frames: Iterator[DriverFrame] = (
+            DriverFrame(k, stickman(k, size, profile)) for k in track[: options.max_frames]
+        )
         total = len(track[: options.max_frames])
     else:
-        fps, frames = track_video(Path(driver), size, options.max_frames)
+        fps, frames = track_video(Path(driver), size, options.max_frames, profile, options.driver_crop)
         total = None
 
     # 4-5. Motion, render (the foreground on the chosen background), encode.

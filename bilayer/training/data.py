@@ -112,4 +112,5 @@ def open_dataset(root: str | Path, cfg: TrainConfig) -> Dataset:
         image_size=cfg.model.image_size, min_gap=d.min_gap, max_gap=d.max_gap,
         flip_probability=d.flip_probability, hue_jitter=d.hue_jitter, saturation_jitter=d.saturation_jitter,
         brightness_jitter=d.brightness_jitter, test_fraction=d.test_fraction, seed=cfg.seed,
+        profile=cfg.model.preprocessing,
     ))

@@ -3,18 +3,47 @@
 This is the per-frame part of the preprocessing (detect -> keypoints -> crop -> mask) as one
 reusable, stateful object: call `reset()` at the start of each clip, then the annotator on each
 frame in order. The runtime uses it on driving videos (`with_mask=False` skips segmentation).
+
+Profiles (`bilayer.config.Profile`): "bilayer" crops `crop_scale` x the face box raised by
+`crop_shift` (OpenCV resampling, pixel-centre keypoint normalisation); "official" makes the inputs
+of the authors' released code: `CropBox.official` (2 x the face size raised by 1/6 of it, PIL
+bicubic), their keypoint normalisation and their 5-px mask erosion. Crop modes: "smoothed" (the
+One-Euro-filtered face box: no crop jitter in videos) or "exact" (each frame's own face box, as
+the released code crops every frame independently).
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
+import cv2
 import numpy as np
 
-from bilayer.data.landmarks import normalize_keypoints
+from bilayer.config import PROFILES, Profile
+from bilayer.data.landmarks import normalize_keypoints, pixel_keypoints
 from bilayer.data.preprocess.detector import FaceDetector, LandmarkPredictor, Segmenter
 from bilayer.data.preprocess.geometry import CropBox, FaceBox
 from bilayer.data.preprocess.timing import StageTimer
 from bilayer.data.preprocess.tracking import BoxSmoother, FaceTracker
+
+CropMode = Literal["smoothed", "exact"]
+CROP_MODES: tuple[str, ...] = typing.get_args(CropMode)
+
+
+def _disk_kernel(size: int) -> np.ndarray:
+    """(size, size) uint8 disk: offsets -size//2+1 .. size//2 with x^2 + y^2 < (size / 2)^2."""
+    r = np.arange(-size // 2 + 1, size // 2 + 1)
+    return (r[None] ** 2 + r[:, None] ** 2 < (size / 2) ** 2).astype(np.uint8)
+
+
+#: The released code's erosion of its segmentation (Graphonomy wrapper): a 5-px disk, once.
+OFFICIAL_EROSION_KERNEL = _disk_kernel(5)  # (5, 5), the 5x5 square without its corners
+
+
+def erode_mask(mask: np.ndarray) -> np.ndarray:
+    """(S, S) float32 mask -> the released code's eroded mask (a local minimum over the disk)."""
+    return cv2.erode(np.asarray(mask, np.float32), OFFICIAL_EROSION_KERNEL, iterations=1)
 
 
 @dataclass(frozen=True)
@@ -37,16 +66,24 @@ class AnnotatorConfig:
 @dataclass
 class Annotation:
     image: np.ndarray  # (S, S, 3) uint8 RGB crop
-    keypoints_px: np.ndarray  # (68, 2) float32 pixel coordinates in the crop
-    keypoints: np.ndarray  # (68, 2) float32 normalized [-1, 1]
-    mask: np.ndarray | None  # (S, S) float32 in [0, 1], None when with_mask=False
+    keypoints_px: np.ndarray  # (68, 2) float32 pixel coordinates in the crop (pixel centres on integers)
+    keypoints: np.ndarray  # (68, 2) float32 normalized [-1, 1], the profile's convention
+    mask: np.ndarray | None  # (S, S) float32 in [0, 1] (official: eroded), None when with_mask=False
     crop_box: CropBox  # in frame pixels
     face: FaceBox  # raw face box in frame pixels (before smoothing)
 
 
 class FaceAnnotator:
-    def __init__(self, cfg: AnnotatorConfig = AnnotatorConfig(), with_mask: bool = True):
-        self.cfg = cfg
+    """frame -> `Annotation` with the crop rule, keypoint convention and mask of `profile`; `crop`
+    says whether the crop follows the smoothed face box or each frame's own (see the module)."""
+
+    def __init__(self, cfg: AnnotatorConfig = AnnotatorConfig(), with_mask: bool = True,
+                 profile: Profile = "bilayer", crop: CropMode = "smoothed"):
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+        if crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+        self.cfg, self.profile, self.crop_mode = cfg, profile, crop
         self.timer = StageTimer()
         self.tracker = FaceTracker(
             FaceDetector(cfg.min_detection_confidence), LandmarkPredictor(), cfg.detect_every, timer=self.timer
@@ -65,13 +102,22 @@ class FaceAnnotator:
         if track is None:
             self.smoother.reset()
             return None
-        s = self.cfg.image_size
+        s, official = self.cfg.image_size, self.profile == "official"
         with self.timer("crop"):
-            box = CropBox.around(self.smoother(track.face, t), self.cfg.crop_scale, self.cfg.crop_shift)
-            image = box.crop(frame, s)
-            keypoints_px = box.to_crop(track.keypoints, s)
+            face = track.face if self.crop_mode == "exact" else self.smoother(track.face, t)
+            if official:
+                box = CropBox.official(face)
+                image = box.crop_official(frame, s)
+                keypoints = box.normalize_official(track.keypoints)
+                keypoints_px = pixel_keypoints(keypoints, s)
+            else:
+                box = CropBox.around(face, self.cfg.crop_scale, self.cfg.crop_shift)
+                image = box.crop(frame, s)
+                keypoints_px = box.to_crop(track.keypoints, s)
+                keypoints = normalize_keypoints(keypoints_px, s)
         mask = None
         if self.segmenter is not None:
             with self.timer("mask"):
                 mask = self.segmenter(image)
-        return Annotation(image, keypoints_px, normalize_keypoints(keypoints_px, s), mask, box, track.face)
+                mask = erode_mask(mask) if official else mask
+        return Annotation(image, keypoints_px, keypoints, mask, box, track.face)

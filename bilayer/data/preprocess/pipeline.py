@@ -11,12 +11,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Iterator, Literal, Protocol, TypeVar
 
 import cv2
 import numpy as np
 
-from bilayer.config import to_dict
+from bilayer.config import Profile, to_dict
 from bilayer.data.preprocess.annotator import AnnotatorConfig, FaceAnnotator
 from bilayer.data.preprocess.media import MediaReader, SkipInput, is_media
 from bilayer.data.store import (
@@ -30,6 +30,9 @@ class PreprocessConfig:
     """Clip-level settings (`bilayer preprocess --set KEY=VALUE`, e.g. `annotator.detect_every=3`)."""
 
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    # How crops, keypoints and masks are made (bilayer.config.Profile): "official" reproduces the
+    # authors' released code, for data meant for models of ModelConfig.preprocessing="official".
+    profile: Profile = "bilayer"
     min_face_size: float = 64.0  # median face size (keypoint box side) in source pixels
     min_frames: int = 1  # fewer frames with a face -> the clip is skipped
     frame_step: int = 1  # keep every n-th frame
@@ -163,7 +166,7 @@ def _init_worker(cfg: PreprocessConfig, root: str) -> None:
     """Build the models once per worker process."""
     global _worker
     cv2.setNumThreads(1)  # one process per core
-    _worker = (cfg, FaceAnnotator(cfg.annotator), DatasetStore(root))
+    _worker = (cfg, FaceAnnotator(cfg.annotator, profile=cfg.profile), DatasetStore(root))
 
 
 def _run_job(job: Job) -> Result:
@@ -195,21 +198,45 @@ def run_preprocess(inputs: list[str | Path], out: str | Path, cfg: PreprocessCon
     """Process every input not already in the dataset at `out` (resumable, see bilayer.data.store).
     Inputs skipped by an earlier run are reported again as they were, or redone with
     `retry_skipped` (after a detector upgrade, say); the newest skip line of an input counts."""
-    from tqdm import tqdm
-
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
     store = DatasetStore(out)
     jobs = expand_inputs(inputs, cfg.identity_from)
+
+    def here() -> Callable[[Job], Result]:
+        annotator = FaceAnnotator(cfg.annotator, profile=cfg.profile)
+        return lambda job: process_clip(job, cfg, annotator, store)
+
+    # MediaPipe graphs are per process: each worker builds its annotator once (_init_worker).
+    results = lambda todo: parallel_results(  # noqa: E731
+        todo, workers, here, _run_job, _init_worker, (cfg, str(store.root)))
+    return run_jobs(jobs, store, to_dict(cfg), results, retry_skipped, progress, "clip")
+
+
+class Keyed(Protocol):
+    key: SourceKey  # the input version a job annotates
+
+
+J = TypeVar("J", bound=Keyed)
+
+
+def run_jobs(jobs: list[J], store: DatasetStore, settings: dict, results: Callable[[list[J]], Iterator[Result]],
+             retry_skipped: bool, progress: bool, unit: str) -> Summary:
+    """The resumable run of every importer: record `settings` (or refuse other ones), run the jobs
+    whose input version has neither a clip nor a skip line (or a skip line, with
+    `retry_skipped`), append each result to the manifest or skip report as it comes, and sum up
+    all `jobs` (done now or by an earlier run)."""
+    from tqdm import tqdm
+
     store.prepare()
-    store.check_settings(to_dict(cfg))
+    store.check_settings(settings)
     done = {r.key: r for r in store.clips()}
     skips = store.skipped()
     todo = [j for j in jobs if j.key not in done and (retry_skipped or j.key not in skips)]
 
     summary, start = Summary(), time.perf_counter()
-    bar = tqdm(total=len(todo), unit="clip", disable=not progress or not todo, dynamic_ncols=True)
-    for result in _results(todo, cfg, store, workers):
+    bar = tqdm(total=len(todo), unit=unit, disable=not progress or not todo, dynamic_ncols=True)
+    for result in results(todo):
         record = result.record
         if isinstance(record, ClipRecord):
             store.add_clip(record)
@@ -236,22 +263,25 @@ def run_preprocess(inputs: list[str | Path], out: str | Path, cfg: PreprocessCon
     return summary
 
 
-def _results(todo: list[Job], cfg: PreprocessConfig, store: DatasetStore, workers: int):
-    """Results in completion order, from this process or from a pool of `workers` processes."""
+def parallel_results(todo: list[J], workers: int, here: Callable[[], Callable[[J], Result]],
+                     in_worker: Callable[[J], Result], initializer: Callable[..., None] | None = None,
+                     initargs: tuple = ()) -> Iterator[Result]:
+    """Results in completion order: in this process (`here()` builds the per-job function once)
+    or in a pool of `workers` processes (`initializer(*initargs)` once per worker, then
+    `in_worker(job)`, a module-level function)."""
     if not todo:
         return
-    if workers == 1:
-        annotator = FaceAnnotator(cfg.annotator)
-        for job in todo:
-            yield process_clip(job, cfg, annotator, store)
+    if workers == 1 or len(todo) == 1:
+        run = here()
+        yield from (run(job) for job in todo)
         return
-    # spawn, not fork: the parent may hold threads (tqdm, torch) and MediaPipe graphs are per process.
+    # spawn, not fork: the parent may hold threads (tqdm, torch) and native libraries' state.
     # Unlike multiprocessing.Pool, the executor fails loudly (BrokenProcessPool) if a worker dies.
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_worker, (cfg, str(store.root)))
+    pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, initializer, initargs)
     try:
-        futures = [pool.submit(_run_job, job) for job in todo]
+        futures = [pool.submit(in_worker, job) for job in todo]
         for future in as_completed(futures):
             yield future.result()
-    finally:  # on Ctrl-C or an error, drop the queued clips instead of finishing them
+    finally:  # on Ctrl-C or an error, drop the queued jobs instead of finishing them
         pool.shutdown(cancel_futures=True)
