@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bilayer.config import PAPER_GMACS, model_config
-from bilayer.export.onnx import psnr
 from bilayer.metrics.complexity import frame_macs
+from bilayer.metrics.psnr import psnr
 from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
 from bilayer.runtime.backends import RUNNERS

@@ -31,8 +31,8 @@ from torch import nn
 from bilayer.assets import DEMO_CHECKPOINT
 from bilayer.config import ConfigError, ModelConfig, from_dict, to_dict
 from bilayer.errors import InputError
+from bilayer.io.files import atomic_path
 from bilayer.nets import BilayerModel
-from bilayer.runtime.files import atomic_path
 
 FORMAT, VERSION = "bilayer", 1
 #: The networks an avatar needs: initialization (E, G_tex, G_upd) and per-frame rendering (G).

@@ -6,3 +6,8 @@ class InputError(ValueError):
 
     The message must name the offending file or value and the problem, on one line.
     """
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric that cannot be computed faithfully here (its weights or packages are missing); the
+    message says why, and the evaluation reports null with that reason."""

@@ -15,7 +15,7 @@ from bilayer.checkpoint import load_model, save_checkpoint
 from bilayer.cli.main import main
 from bilayer.nets import apply_mask
 from bilayer.metrics.complexity import frame_macs
-from bilayer.metrics.evaluation import EvalConfig, Evaluation, evaluate, target_frames
+from bilayer.evaluation.protocol import EvalConfig, Evaluation, evaluate, target_frames
 from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
 from tests.nets_helpers import tiny_config
@@ -56,7 +56,7 @@ def test_versus_copy_source_by_hand():
 def test_clip_selection_first_clips_of_each_identity():
     from types import SimpleNamespace
 
-    from bilayer.metrics.evaluation import select_clips
+    from bilayer.evaluation.protocol import select_clips
 
     def clip(identity, k, frames=100):
         return SimpleNamespace(clip_id=f"{identity}/{k}", identity=identity, num_frames=frames, fps=25.0)

@@ -13,12 +13,8 @@ from tests.nets_helpers import dummy_batch, tiny_avatar
 
 ort = pytest.importorskip("onnxruntime")
 
-from bilayer.export.onnx import (  # noqa: E402
-    GenericFrameNet,
-    avatar_onnx,
-    generic_onnx,
-    parity,
-)
+from bilayer.export.onnx import parity  # noqa: E402
+from bilayer.runtime.onnx import GenericFrameNet, avatar_onnx, generic_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from bilayer.errors import InputError
-from bilayer.metrics.images import to_uint8
+from bilayer.errors import InputError, MetricUnavailable
+from bilayer.io.images import to_uint8
 from bilayer.metrics.lpips import BACKBONES, LPIPS, lpips_heads_file, load_lpips
 from bilayer.metrics.nme import NME, eye_distance, nme
 from bilayer.metrics.silhouette import mask_iou
-from bilayer.metrics.registry import MetricOptions, MetricUnavailable, build_metric, list_metrics, metric_spec
+from bilayer.metrics.registry import MetricOptions, build_metric, list_metrics, metric_spec
 from bilayer.metrics.ssim import background_windows, ssim, ssim_by_region
 
 needs_lpips = pytest.mark.skipif(importlib.util.find_spec("lpips") is None,

@@ -246,8 +246,8 @@ def test_full_size_parity(full_size):
 
 @needs_reference
 def test_full_size_checkpoint_animates_a_video(full_size, sample_video, tmp_path):
-    from bilayer.data.samples import SAMPLE_PHOTOS
     from bilayer.data.preprocess.media import MediaReader
+    from bilayer.data.samples import SAMPLE_PHOTOS
 
     converted, _ = full_size
     out = tmp_path / "out.mp4"

@@ -86,7 +86,7 @@ def test_render_of_source_keypoints_reproduces_the_init_render():
 
 @pytest.mark.parametrize("backend", ["torch/bf16", "onnxruntime/fp32", "onnxruntime/int8"])
 def test_backends_match_torch_fp32(backend):
-    from bilayer.export.onnx import psnr
+    from bilayer.metrics.psnr import psnr
 
     if backend.startswith("onnxruntime"):
         pytest.importorskip("onnxruntime")
@@ -147,7 +147,7 @@ def test_runtime_loads_nothing_of_training_losses_or_the_dataset_writer():
 
 def test_one_video_codec_choice():
     from bilayer.data.synthetic import clips
-    from bilayer.runtime import video
+    from bilayer.io import video
 
     assert clips.video_codec is video.video_codec
 

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from bilayer.data.samples import SAMPLE_PHOTOS
-    from bilayer.runtime.files import check_output_folder
+    from bilayer.io.files import check_output_folder
     from bilayer.runtime.pipeline import AnimateOptions, animate
 
     start = time.perf_counter()

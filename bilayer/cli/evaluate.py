@@ -44,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bilayer.checkpoint import load_model, resolve_checkpoint
-    from bilayer.errors import InputError
+    from bilayer.errors import InputError, MetricUnavailable
+    from bilayer.evaluation.protocol import EvalConfig, evaluate
+    from bilayer.evaluation.report import format_table, results_json, write_grid
+    from bilayer.io.files import check_output_file, write_json
     from bilayer.metrics.complexity import frame_macs
-    from bilayer.metrics.evaluation import EvalConfig, evaluate
-    from bilayer.metrics.registry import MetricOptions, MetricUnavailable, build_metric, list_metrics
-    from bilayer.metrics.report import format_table, results_json, write_grid
-    from bilayer.runtime.files import check_output_file, write_json
+    from bilayer.metrics.registry import MetricOptions, build_metric, list_metrics
 
     names = [n for n in args.metrics.split(",") if n]
     unknown = [n for n in names if n not in list_metrics()]

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from bilayer.data.preprocess.official_layout import OfficialLayoutConfig, run_official_import
     from bilayer.data.preprocess.pipeline import PreprocessConfig, run_preprocess
     from bilayer.errors import InputError
-    from bilayer.runtime.files import check_output_file, check_output_folder, write_json
+    from bilayer.io.files import check_output_file, check_output_folder, write_json
 
     if args.official_layout is not None and (args.inputs or args.identity_from):
         given = "INPUT paths" if args.inputs else "--identity-from"

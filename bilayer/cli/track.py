@@ -35,7 +35,7 @@ def checkpoint_profile(checkpoint: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from bilayer.runtime.files import atomic_path, check_output_file
+    from bilayer.io.files import atomic_path, check_output_file
     from bilayer.runtime.pipeline import check_max_frames, record_track
 
     out = check_output_file(args.out, (".npy",))

@@ -26,9 +26,9 @@ import torch
 from bilayer.checkpoint import FORMAT, VERSION, atomic_save
 from bilayer.config import ModelConfig, from_dict, to_dict
 from bilayer.errors import InputError
+from bilayer.io.files import check_output_file
 from bilayer.nets import BilayerModel
 from bilayer.nets.projector import Projector, head_key
-from bilayer.runtime.files import check_output_file
 
 #: Their network name -> the child of `BilayerModel` it becomes.
 NETWORKS = {

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from bilayer.data.preprocess.native import quiet_stderr
-from bilayer.runtime.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -105,33 +104,14 @@ def encode_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str
 
     `audio` adds a mono 16 kHz speech-like track: AAC, or MP2 in an .avi. Written atomically.
     """
-    import av
+    from bilayer.io.video import open_video
 
     path = Path(path)
-    h, w = frames.shape[1:3]
-    with atomic_path(path) as tmp, av.open(str(tmp), "w") as out:
-        video = out.add_stream(codec, rate=fps)
-        video.width, video.height, video.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
-        if codec == "libx264":
-            video.options = {"crf": "18", "preset": "veryfast"}
-        streams = [video]
+    with open_video(path, fps, frames.shape[2], frames.shape[1], codec=codec) as video:
         if audio:
             rate = 16000
-            sound = out.add_stream("mp2" if path.suffix.lower() == ".avi" else "aac", rate=rate, layout="mono")
-            samples = speech_like_audio(len(frames) / fps, rate)
-            chunk = 1024
-            for start in range(0, len(samples), chunk):
-                frame = av.AudioFrame.from_ndarray(samples[None, start : start + chunk], format="flt", layout="mono")
-                frame.sample_rate, frame.pts = rate, start
-                for packet in sound.encode(frame):
-                    out.mux(packet)
-            streams.append(sound)
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: video.height, : video.width]), format="rgb24")
-            frame.pts = i
-            for packet in video.encode(frame):
-                out.mux(packet)
-        for stream in streams:
-            for packet in stream.encode(None):
-                out.mux(packet)
+            video.write_audio(speech_like_audio(len(frames) / fps, rate), rate,
+                              "mp2" if path.suffix.lower() == ".avi" else "aac")
+        for rgb in frames:
+            video.write(rgb)
     return path

@@ -42,7 +42,7 @@ import numpy as np
 
 from bilayer.config import check_recorded_settings, read_recorded_settings
 from bilayer.errors import InputError
-from bilayer.runtime.files import write_json
+from bilayer.io.files import write_json
 
 MANIFEST, SKIPPED, SHARDS, TMP = "manifest.jsonl", "skipped.jsonl", "shards", "tmp"
 SETTINGS = "settings.json"  # the preprocessing config every clip of the dataset was made with

@@ -1,23 +1,12 @@
-"""ONNX export of the per-frame network (paper App. A.3) and its parity check against PyTorch.
+"""`bilayer export`: the per-frame network as an ONNX file, parity-checked with ONNX Runtime (App. A.3).
 
-Two graphs, both with `grid_sample` (ONNX GridSample, opset >= 16) and the LF + HF sum inside:
-
-* per avatar (`avatar_onnx`): the folded `FrameNet` of one avatar; the texture is baked in as a
-  constant, or is a second input (`texture_input=True`, e.g. to swap in an enhanced texture);
-* generic (`generic_onnx`): the inference generator with spectral norm removed and everything
-  identity-specific as inputs (texture and the adaptive BN affines / skip-conv weights of every
-  block, named like `AvatarState.inference_params`), one file for every avatar.
-
-Inputs: keypoints (B, 68, 2) float32 in [-1, 1] (dynamic batch). Outputs: image (B, 3, H, W) in
-[-1, 1] (LF + warped texture, Eq. 1) and mask (B, 1, H, W) in [0, 1]. `--fp16` stores weights and
-computes in float16 with float32 inputs/outputs (the paper's mobile deployment ran in FP16, A.3).
+The graphs are built by `bilayer.runtime.onnx` (per avatar: the folded network of one photo;
+generic: every avatar's tensors as inputs, written beside it as OUT.npz); this module picks the
+avatar, checks ONNX Runtime against PyTorch on the same poses and writes the files atomically.
 """
 from __future__ import annotations
 
-import io
-import math
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,117 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from bilayer.errors import InputError
-from bilayer.nets import AvatarState, BilayerModel, InferenceGenerator, warp_texture
-from bilayer.runtime.files import atomic_path
-from bilayer.runtime.fold import FrameNet, subpixel_form
-
-OPSET = 17
-BATCH = {0: "batch"}
-
-
-def _export(module: nn.Module, args: tuple[Tensor, ...], input_names: list[str], fp16: bool) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated but needs no onnxscript
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, args, buf, dynamo=False, opset_version=OPSET, input_names=input_names,
-            output_names=["image", "mask"], dynamic_axes={"keypoints": BATCH, "image": BATCH, "mask": BATCH},
-        )
-    model = onnx.load_from_string(buf.getvalue())
-    return to_fp16(model) if fp16 else model
-
-
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """float16 weights and compute, float32 inputs and outputs."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return convert_float_to_float16(model, keep_io_types=True)
-
-
-def avatar_onnx(net: FrameNet, texture_input: bool = False, fp16: bool = False) -> onnx.ModelProto:
-    """The per-frame network of one avatar (its upsampling convs in sub-pixel form, which ONNX
-    Runtime runs fastest). texture_input: the texture (1, 3, H, W) is an input, not a constant."""
-    graph_net = subpixel_form(net).cpu()
-    keypoints = torch.zeros(1, 68, 2)
-    if not texture_input:
-        return _export(graph_net, (keypoints,), ["keypoints"], fp16)
-    if net.texture is None:
-        raise ValueError("texture_input export needs the avatar's texture to trace with")
-    texture, graph_net.texture = graph_net.texture, None
-    return _export(graph_net, (keypoints, texture), ["keypoints", "texture"], fp16)
-
-
-class FrozenBatchNorm(nn.Module):
-    """Eval-mode BatchNorm2d as explicit arithmetic on its running statistics. (The exporter's
-    BatchNormalization needs static channel counts, which it loses after the adaptive convs.)"""
-
-    def __init__(self, bn: nn.BatchNorm2d):
-        super().__init__()
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        shift = -bn.running_mean * scale
-        if bn.affine:
-            scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-        self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1))
-        self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale + self.shift
-
-
-def without_spectral_norm(model: BilayerModel) -> InferenceGenerator:
-    """A copy of G with each weight materialized once as W / sigma (eval mode) and no spectral
-    norm. (Not deepcopy + remove_parametrizations: the copy shares its parametrized classes with
-    the original, and removing the property from them breaks the original.)"""
-    plain = InferenceGenerator(replace(model.cfg, spectral_norm=False)).eval()
-    gen = model.inference_generator
-    with torch.no_grad():
-        for name, tensor in plain.state_dict().items():
-            owner, _, attr = name.rpartition(".")
-            tensor.copy_(getattr(gen.get_submodule(owner), attr))
-    del plain.projector  # runs once per avatar, not per frame
-    return plain
-
-
-class GenericFrameNet(nn.Module):
-    """Inference generator + texture lookup with the avatar's tensors as inputs (no folding)."""
-
-    def __init__(self, model: BilayerModel):
-        super().__init__()
-        gen = without_spectral_norm(model)
-        for module in list(gen.modules()):
-            if isinstance(getattr(module, "bn", None), nn.BatchNorm2d):
-                module.bn = FrozenBatchNorm(module.bn)
-        self.gen, self.align_corners = gen, model.cfg.align_corners
-        self.names = [(k, name) for k, specs in enumerate(gen.decoder.block_specs()) for name in specs]
-
-    def input_names(self) -> list[str]:
-        return ["keypoints", "texture"] + [f"block{k}.{name}" for k, name in self.names]
-
-    def flat_params(self, state: AvatarState) -> list[Tensor]:
-        return [state.inference_params[k][name] for k, name in self.names]
-
-    def forward(self, keypoints: Tensor, texture: Tensor, *params: Tensor) -> tuple[Tensor, Tensor]:
-        nested: list[dict[str, Tensor]] = [{} for _ in self.gen.decoder.blocks]
-        for (k, name), p in zip(self.names, params):
-            nested[k][name] = p
-        out = self.gen(keypoints, nested)
-        texture = texture.expand(keypoints.shape[0], -1, -1, -1)  # traced: the batch stays dynamic
-        return out.lf + warp_texture(texture, out.grid, self.align_corners), torch.sigmoid(out.mask_logit)
-
-
-def generic_onnx(model: BilayerModel, state: AvatarState, fp16: bool = False) -> onnx.ModelProto:
-    """The avatar-independent per-frame graph; `state` only provides example inputs to trace."""
-    net = GenericFrameNet(model)
-    args = (torch.zeros(1, 68, 2), state.texture, *net.flat_params(state))
-    return _export(net, args, net.input_names(), fp16)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two images in [-1, 1], measured on the [0, 1] range."""
-    mse = float(np.mean(((np.clip(a, -1, 1) - np.clip(b, -1, 1)) / 2) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+from bilayer.io.files import atomic_path
+from bilayer.metrics.psnr import psnr
+from bilayer.runtime.onnx import GenericFrameNet, avatar_onnx, generic_onnx
 
 
 @dataclass
@@ -186,8 +67,8 @@ def export(checkpoint: str | Path | None, out: str | Path, source: str | Path | 
     then written atomically. The sidecar (`out` with .npz) holds the avatar's input tensors.
     checkpoint None: the shipped demo model."""
     from bilayer.checkpoint import load_model, resolve_checkpoint
+    from bilayer.io.files import check_output_file
     from bilayer.runtime.avatar import Avatar
-    from bilayer.runtime.files import check_output_file
     from bilayer.runtime.motion import motion_samples
 
     out = check_output_file(out, (".onnx",))

@@ -2,8 +2,9 @@
 
 * `registry`: LPIPS, SSIM, CSIM and NME registered by name, each scoring (output, target) pairs;
 * `complexity`: per-frame MACs of the inference path (the GMACs column);
-* `evaluation`: the protocol (first frame of each test clip -> targets at 1 FPS, init and
-  inference timed, copy-source baseline) and `report`: JSON, Table 2 layout, image grid.
+* `psnr`: of reduced-precision and exported outputs against float32.
+
+The protocol that runs avatars and scores them is `bilayer.evaluation` (a layer above the runtime).
 
 Submodules are imported explicitly; importing `bilayer.metrics` loads no detector or network.
 """

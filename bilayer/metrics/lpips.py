@@ -26,8 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from bilayer.errors import InputError
-from bilayer.metrics.registry import MetricUnavailable
+from bilayer.errors import InputError, MetricUnavailable
 from bilayer.perceptual.weights import load_into, read_state_dict
 
 LPIPSNet = Literal["vgg", "alex"]

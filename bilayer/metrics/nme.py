@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bilayer.metrics.images import to_uint8
+from bilayer.io.images import to_uint8
 
 RIGHT_EYE, LEFT_EYE = slice(36, 42), slice(42, 48)  # iBUG-68: the subject's right eye first
 NME_SCALE = 10.0

@@ -18,11 +18,9 @@ from typing import Callable, Literal
 
 from torch import Tensor
 
+from bilayer.errors import MetricUnavailable
+
 PairMetric = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-
-class MetricUnavailable(RuntimeError):
-    """A metric that cannot be computed faithfully here; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bilayer.metrics.images import to_unit_range
+from bilayer.io.images import to_unit_range
 
 WINDOW, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 

@@ -51,11 +51,11 @@ class OrtRunner:
             import onnxruntime as ort
         except ModuleNotFoundError:
             raise InputError("backend onnxruntime: not installed (pip install 'bilayer[export]')") from None
-        from bilayer.export.onnx import avatar_onnx
+        from bilayer.runtime.onnx import avatar_onnx
 
         model = avatar_onnx(net, fp16=precision == "fp16")
         if precision == "int8":
-            from bilayer.export.int8 import quantize_int8
+            from bilayer.runtime.int8 import quantize_int8
 
             if calibration is None:
                 raise ValueError("onnxruntime/int8 needs calibration keypoints")

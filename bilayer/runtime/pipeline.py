@@ -28,14 +28,14 @@ from tqdm import tqdm
 from bilayer.checkpoint import resolve_checkpoint
 from bilayer.config import Profile
 from bilayer.errors import InputError
-from bilayer.metrics.images import to_uint8
+from bilayer.io.images import to_uint8
+from bilayer.io.video import check_output_path, open_video
 from bilayer.nets import apply_mask
 from bilayer.runtime.avatar import Avatar
 from bilayer.runtime.backends import check_backend
 from bilayer.runtime.choices import BACKGROUNDS, DRIVER_CROPS
 from bilayer.runtime.motion import RelativeMotion
 from bilayer.runtime.sheet import ContactSheet
-from bilayer.runtime.video import check_output_path, open_video
 
 
 @dataclass(frozen=True)

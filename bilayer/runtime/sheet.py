@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bilayer.metrics.images import labelled_grid, write_png
+from bilayer.io.images import labelled_grid, write_png
 
 
 class ContactSheet:

@@ -13,7 +13,7 @@ from bilayer.data.samples import encode_video
 from bilayer.data.synthetic.animator import HeadAnimator
 from bilayer.data.synthetic.motion import MotionRanges, random_motion
 from bilayer.errors import InputError
-from bilayer.runtime.video import video_codec
+from bilayer.io.video import video_codec
 
 
 def clip_frames(seconds: float, fps: int) -> int:

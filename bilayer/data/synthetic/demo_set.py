@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bilayer.config import check_recorded_settings
 from bilayer.data.synthetic.photos import Photo, sample_photos
-from bilayer.runtime.files import write_json
+from bilayer.io.files import write_json
 
 HELDOUT_IDENTITIES = ("audrey", "biden", "connery", "grace_hopper")  # two men, two women, three archives
 DRIVING_PHOTOS = ("biden", "grace_hopper")  # the first one available drives the demo
@@ -95,7 +95,7 @@ def make_demo_set(out_dir: str | Path, cache_dir: str | Path | None, clips_per_p
     generator settings is refused.
     """
     from bilayer.data.synthetic.clips import clip_frames
-    from bilayer.runtime.video import video_codec
+    from bilayer.io.video import video_codec
 
     out_dir = Path(out_dir)
     for length in (seconds, drive_seconds):  # before any download or clip

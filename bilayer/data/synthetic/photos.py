@@ -31,7 +31,7 @@ from PIL import Image
 
 from bilayer.data.samples import SAMPLE_PHOTOS
 from bilayer.errors import InputError
-from bilayer.runtime.files import atomic_path
+from bilayer.io.files import atomic_path
 
 GROUP_CROP = 2.8  # side of the square cut around a face of a group photo, in face-box widths
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bilayer.metrics.evaluation import MASK_MODES, METHODS, SSIM_REGIONS, Evaluation
-from bilayer.metrics.images import labelled_grid, to_uint8, write_png
+from bilayer.evaluation.protocol import MASK_MODES, METHODS, SSIM_REGIONS, Evaluation
+from bilayer.io.images import labelled_grid, to_uint8, write_png
 from bilayer.metrics.registry import list_metrics, metric_spec
 
 IMAGE_METRICS = tuple(list_metrics())  # the registered image metrics, in Table 2's order

@@ -1,10 +1,12 @@
-"""Video output with PyAV (FFmpeg inside the wheel; nothing from the system).
+"""Video output with PyAV (FFmpeg inside the wheel; nothing from the system): the one writer of
+rendered videos, sample and synthetic clips.
 
-`open_video(path, fps, width, height, audio_from)` yields a `VideoEncoder` that encodes RGB frames
-as H.264 (libx264; MPEG-4 Part 2 where a PyAV build lacks it) at the given frame rate and carries
-over the audio of another file: stream-copied when the output container takes its codec,
-otherwise transcoded to AAC, cut at the video's end. It writes to a hidden temporary file renamed
-into place on success, so a failure at any point leaves no partial output behind.
+`open_video(path, fps, width, height, audio_from, codec)` yields a `VideoEncoder` that encodes RGB
+frames as H.264 (libx264; MPEG-4 Part 2 where a PyAV build lacks it, or the codec asked for) at
+the given frame rate. Audio is carried over from another file (stream-copied when the output
+container takes its codec, otherwise transcoded to AAC, cut at the video's end) or written from
+samples (`write_audio`). It writes to a hidden temporary file renamed into place on success, so a
+failure at any point leaves no partial output behind.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import av
 import numpy as np
 
 from bilayer.errors import InputError
-from bilayer.runtime.files import atomic_path, check_output_file
+from bilayer.io.files import atomic_path, check_output_file
 
 OUTPUT_EXTENSIONS = (".mp4", ".mkv", ".mov")
 #: Audio codecs a container takes by stream copy (anything else is transcoded to AAC); None: all.
@@ -39,13 +41,15 @@ def check_output_path(path: str | Path) -> Path:
 
 
 class VideoEncoder:
-    """frames (H, W, 3) uint8 RGB -> an open output container (see `open_video`)."""
+    """frames (H, W, 3) uint8 RGB -> an open output container (see `open_video`). Odd frame sizes
+    lose their last row / column (4:2:0 chroma needs even ones)."""
 
-    def __init__(self, out: av.container.OutputContainer, fps: float, width: int, height: int):
+    def __init__(self, out: av.container.OutputContainer, fps: float, width: int, height: int,
+                 codec: str | None = None):
         self.out, self.frames = out, 0
         self.rate = Fraction(fps).limit_denominator(1001)
-        self.video = out.add_stream(video_codec(), rate=self.rate)
-        self.video.width, self.video.height, self.video.pix_fmt = width, height, "yuv420p"
+        self.video = out.add_stream(codec or video_codec(), rate=self.rate)
+        self.video.width, self.video.height, self.video.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
         if self.video.codec_context.name == "libx264":
             self.video.options = {"crf": "18", "preset": "veryfast"}
         self.audio_in = self.audio_out = None
@@ -67,8 +71,18 @@ class VideoEncoder:
             self.audio_out = self.out.add_stream("aac", rate=self.audio_in.codec_context.sample_rate or 44100)
             self.transcode = True
 
+    def write_audio(self, samples: np.ndarray, rate: int, codec: str = "aac") -> None:
+        """Mono float32 samples in [-1, 1] at `rate` Hz as the audio track (before any frame)."""
+        stream = self.out.add_stream(codec, rate=rate, layout="mono")
+        for start in range(0, len(samples), 1024):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            self.out.mux(stream.encode(frame))
+        self.out.mux(stream.encode(None))
+
     def write(self, rgb: np.ndarray) -> None:
         """rgb: (H, W, 3) uint8."""
+        rgb = rgb[: self.video.height, : self.video.width]
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = self.frames
         self.out.mux(self.video.encode(frame))
@@ -96,14 +110,15 @@ class VideoEncoder:
 
 
 @contextlib.contextmanager
-def open_video(path: str | Path, fps: float, width: int, height: int,
-               audio_from: str | Path | None = None) -> Iterator[VideoEncoder]:
-    """Atomic video output: the file appears at `path` only if the `with` body succeeds."""
-    path = check_output_path(path)
+def open_video(path: str | Path, fps: float, width: int, height: int, audio_from: str | Path | None = None,
+               codec: str | None = None) -> Iterator[VideoEncoder]:
+    """Atomic video output: the file appears at `path` only if the `with` body succeeds. The
+    container follows the suffix (`check_output_path` checks the ones for rendered videos)."""
+    path = Path(path)
     with atomic_path(path) as tmp, contextlib.ExitStack() as stack:
         out = stack.enter_context(av.open(str(tmp), "w"))
         source = stack.enter_context(av.open(str(audio_from))) if audio_from is not None else None
-        encoder = VideoEncoder(out, fps, width, height)
+        encoder = VideoEncoder(out, fps, width, height, codec)
         if source is not None:
             encoder.add_audio(source, path.suffix.lower())
         yield encoder

@@ -34,7 +34,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write (H, W, 3) uint8 RGB as a PNG, atomically (the file appears only when complete)."""
     import cv2
 
-    from bilayer.runtime.files import atomic_path
+    from bilayer.io.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -21,7 +21,11 @@ QUANTIZED_OPS = ["Conv", "Mul", "Add", "LeakyRelu", "DepthToSpace", "Slice", "Re
 def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
     """model: a float32 per-avatar graph (input "keypoints"); calibration: (N, 68, 2) keypoints."""
     from onnxruntime.quantization import (
-        CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static,
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
     )
 
     class Reader(CalibrationDataReader):

@@ -1,0 +1,5 @@
+"""The bottom layer: atomic files and JSON (`files`), images (`images`), the video writer (`video`).
+
+Everything that writes a file the user keeps goes through `files.atomic_path`, so an interrupted
+run never leaves a truncated output in place of a good one.
+"""
