@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-model bench clean
+.PHONY: setup test test-fast demo demo-model bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# Local work: everything but the tests marked slow (training runs, several processes, full-size
+# models, real full disks); CI runs `make test`, all of them.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
 	$(VENV)/bin/bilayer demo
@@ -35,7 +40,7 @@ demo-model: setup
 		$(if $(wildcard runs/demo/checkpoints/last.pt),--resume)
 	# Fine-tuning with G_upd's steps inside the base stage (joint_updater, docs/demo_model.md).
 	$(BILAYER) train --config configs/demo.yaml --data demo/data_train --out runs/demo_joint \
-		$(if $(wildcard runs/demo_joint/checkpoints/last.pt),--resume,--init runs/demo/checkpoints/final.pt) \
+		$(if $(wildcard runs/demo_joint/checkpoints/last.pt),--resume,--weights runs/demo/checkpoints/final.pt) \
 		$(DEMO_JOINT)
 	$(PY) scripts/ship_demo_model.py runs/demo_joint/checkpoints/final.pt bilayer/assets/demo.pt
 	$(BILAYER) track demo/videos/driving/biden_drive.mp4 --out bilayer/assets/demo_track.npy

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bilayer.data.preprocess.native import quiet_stderr
 from bilayer.data.samples import SAMPLE_PHOTOS, SamplePhoto
+from bilayer.io.native import quiet_stderr
 
 PHOTOS = {
     "astronaut": SAMPLE_PHOTOS["astronaut"],

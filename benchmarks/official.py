@@ -57,7 +57,7 @@ def parity(root: Path, moderate: float | None) -> tuple[dict, Path, oracle.Offic
     theirs = oracle.OfficialModel(base, enhancer)
     outputs = oracle.their_outputs(theirs, seed=100)
     model, _ = load_model(checkpoint)
-    diffs = network_diffs(model, outputs)
+    diffs = network_diffs(checkpoint, outputs)
     for backend in ("torch", "onnxruntime"):
         diffs[f"avatar_{backend}_image"], diffs[f"avatar_{backend}_mask"] = avatar_diffs(model, outputs, backend)
     return diffs, checkpoint, theirs, outputs
@@ -96,17 +96,17 @@ def main() -> None:
         print(f"{'time per frame':28s} {'init ms':>10s} {'frame ms':>10s} {'vs theirs':>10s}")
         print(f"  {'their runner (all nets)':26s} {'-':>10s} {their_ms:10.1f} {1:9.1f}x")
         model, _ = load_model(checkpoint)
-        x = outputs["inputs"]
+        source, target = oracle.frames(outputs)
         report["ours"] = {}
         for name in ("torch/fp32", "torch/bf16", "onnxruntime/fp32"):
             backend, precision = name.split("/")
             avatar = Avatar(model, backend, precision)
 
             def init() -> None:
-                avatar.init(x["source_image"], x["source_landmarks"], x["source_keypoints"], x["source_mask"])
+                avatar.initialize(source)
 
             init_ms = median_ms(init, 2, 1, CPU)
-            frame_ms = median_ms(lambda: avatar.render(x["target_keypoints"]), args.frames, 10, CPU)
+            frame_ms = median_ms(lambda: avatar.render(target.keypoints), args.frames, 10, CPU)
             report["ours"][name] = {"init_ms": init_ms, "frame_ms": frame_ms}
             print(f"  {'ours ' + name:26s} {init_ms:10.0f} {frame_ms:10.1f} {their_ms / frame_ms:9.0f}x")
     if args.json:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bilayer.config import PAPER_GMACS, model_config
+from bilayer.data.frame import Frame
 from bilayer.metrics.complexity import frame_macs
 from bilayer.metrics.psnr import psnr
 from bilayer.nets import BilayerModel
@@ -231,9 +232,10 @@ def bench_size(size: str, backends: list[str], peaks: dict[str, float], frames: 
     model = BilayerModel(model_config(size)).eval().to(device)
     s = model.cfg.image_size
     g = torch.Generator().manual_seed(0)
-    source = torch.rand(1, 3, s, s, generator=g) * 2 - 1
-    landmarks = torch.rand(1, 3, s, s, generator=g) * 2 - 1
+    image = torch.rand(1, 3, s, s, generator=g) * 2 - 1
+    landmark_image = torch.rand(1, 3, s, s, generator=g) * 2 - 1
     keypoints = torch.rand(1, 68, 2, generator=g) * 1.2 - 0.6
+    source = Frame(image, landmark_image, keypoints, torch.ones(1, 1, s, s))
     poses = torch.from_numpy(motion_samples(keypoints[0].numpy(), 8, seed=1))
     counted = frame_macs(model.cfg)["macs"] / 1e9  # the paper's way, as `bilayer bench macs` (CPU copy)
     results, reference = {}, None
@@ -242,7 +244,7 @@ def bench_size(size: str, backends: list[str], peaks: dict[str, float], frames: 
         avatar = Avatar(model, backend, precision)
 
         def init() -> None:
-            avatar.init(source, landmarks, keypoints)
+            avatar.initialize(source)
 
         init_ms = median_ms(init, 2, 1, device)
         frame_ms = median_ms(lambda: avatar.render(keypoints), frames, 20, device)

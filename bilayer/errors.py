@@ -11,3 +11,13 @@ class InputError(ValueError):
 class MetricUnavailable(RuntimeError):
     """A metric that cannot be computed faithfully here (its weights or packages are missing); the
     message says why, and the evaluation reports null with that reason."""
+
+
+class SkipInput(InputError):
+    """An input that yields no data (an undecodable file, no face in it, ...); `reason` is the one-line
+    explanation without the path. A run records it and goes on with the next input."""
+
+    def __init__(self, path: object, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+

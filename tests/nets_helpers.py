@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from bilayer.config import ModelConfig, model_config
+from bilayer.data.frame import Frame
 from bilayer.nets import BilayerModel
 
 TINY = dict(
@@ -22,15 +23,15 @@ def tiny_config(size: str = "medium", **overrides) -> ModelConfig:
     return model_config(size, **{**TINY, **overrides})
 
 
-def dummy_batch(cfg: ModelConfig, b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+def dummy_batch(cfg: ModelConfig, b: int = 2, seed: int = 0) -> Frame:
+    """A batch of `b` random frames."""
     g = torch.Generator().manual_seed(seed)
     s = cfg.image_size
-    return {
-        "image": torch.rand(b, 3, s, s, generator=g) * 2 - 1,
-        "landmarks": torch.rand(b, 3, s, s, generator=g) * 2 - 1,
-        "mask": torch.rand(b, 1, s, s, generator=g),
-        "keypoints": torch.rand(b, cfg.num_keypoints, 2, generator=g) * 2 - 1,
-    }
+    image = torch.rand(b, 3, s, s, generator=g) * 2 - 1
+    landmark_image = torch.rand(b, 3, s, s, generator=g) * 2 - 1
+    mask = torch.rand(b, 1, s, s, generator=g)
+    keypoints = torch.rand(b, cfg.num_keypoints, 2, generator=g) * 2 - 1
+    return Frame(image, landmark_image, keypoints, mask)
 
 
 def randomize_norm_stats(model: nn.Module, seed: int = 0) -> None:
@@ -55,5 +56,5 @@ def tiny_avatar(backend: str = "torch", precision: str = "fp32"):
     randomize_norm_stats(model)
     x = dummy_batch(model.cfg, b=1)
     avatar = Avatar(model, backend, precision)
-    avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
+    avatar.initialize(x)
     return avatar, x

@@ -283,13 +283,13 @@ def their_outputs(model: OfficialModel, seed: int) -> dict:
     data = random_inputs(model.args, 1, seed)
     out = model(data)
     scores, features = model.discriminate(data["target_imgs"][:, 0], data["target_stickmen"][:, 0])
+    source = {"image": data["source_imgs"][:, 0], "landmark_image": data["source_stickmen"][:, 0],
+              "keypoints": data["source_poses"][:, 0].view(1, 68, 2), "mask": data["source_segs"][:, 0]}
+    target = {"image": data["target_imgs"][:, 0], "landmark_image": data["target_stickmen"][:, 0],
+              "keypoints": data["target_poses"][:, 0].view(1, 68, 2), "mask": torch.ones_like(data["source_segs"][:, 0])}
     return {
-        "inputs": {
-            "source_image": data["source_imgs"][:, 0], "source_landmarks": data["source_stickmen"][:, 0],
-            "source_mask": data["source_segs"][:, 0], "source_keypoints": data["source_poses"][:, 0].view(1, 68, 2),
-            "target_keypoints": data["target_poses"][:, 0].view(1, 68, 2),
-            "target_image": data["target_imgs"][:, 0], "target_landmarks": data["target_stickmen"][:, 0],
-        },
+        "source": source,  # the fields of a batch of one `Frame` (torch.load(weights_only=True) reads dicts)
+        "target": target,
         "embeddings": out["source_idt_embeds"],
         "texture": out["pred_tex_hf_rgbs"][:, 0],
         "enhanced_texture": out["pred_enh_tex_hf_rgbs"][:, 0],
@@ -318,27 +318,41 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
+def frames(theirs: dict):
+    """(source, target): their inputs as our batches of one `Frame`."""
+    from bilayer.data.frame import Frame
+
+    return Frame(**theirs["source"]), Frame(**theirs["target"])
+
+
 @torch.no_grad()
-def network_diffs(model, theirs: dict) -> dict[str, float]:
-    """Max |ours - theirs| of every network's output on their inputs (our modules, unfolded)."""
-    x = theirs["inputs"]
+def network_diffs(checkpoint: Path, theirs: dict) -> dict[str, float]:
+    """Max |ours - theirs| of every network's output on their inputs (our modules of a converted
+    `checkpoint`, unfolded, the discriminator included)."""
+    from bilayer.checkpoint import load_model
+    from bilayer.nets import Discriminator
+
+    model, ckpt = load_model(checkpoint)
     model = model.eval()
-    embeddings = model.embedder(x["source_image"], x["source_landmarks"], x["source_mask"])
+    discriminator = Discriminator(model.cfg).eval()
+    discriminator.load_state_dict(ckpt["discriminator"])
+    source, target = frames(theirs)
+    embeddings = model.embedder(source.image, source.landmark_image, source.mask)
     params = model.inference_generator.adaptive_params(embeddings)
-    out = model.inference_generator(x["target_keypoints"], params)
-    state = model.initialize(x["source_image"], x["source_landmarks"], x["source_mask"])
+    out = model.inference_generator(target.keypoints, params)
+    state = model.initialize(source.image, source.landmark_image, source.mask)
     with torch.enable_grad():
-        enhanced = model.enhance(state, x["source_keypoints"], x["source_image"])
-    d = model.discriminator(x["target_image"], x["target_landmarks"])
+        enhanced = model.refine(state, source.keypoints, source.image)
+    d = discriminator(target.image, target.landmark_image)
     return {
         "embeddings": max(max_diff(a, b) for a, b in zip(embeddings, theirs["embeddings"])),
         "texture": max_diff(state.texture, theirs["texture"]),
         "lf": max_diff(out.lf, theirs["lf"]),
         "grid": max_diff(out.grid, theirs["grid"]),
         "mask": max_diff(torch.sigmoid(out.mask_logit), theirs["mask"]),
-        "image": max_diff(model.render(x["target_keypoints"], state).image, theirs["image"]),
+        "image": max_diff(model.render(target.keypoints, state).image, theirs["image"]),
         "enhanced_texture": max_diff(enhanced.texture, theirs["enhanced_texture"]),
-        "enhanced_image": max_diff(model.render(x["target_keypoints"], enhanced).image, theirs["enhanced_image"]),
+        "enhanced_image": max_diff(model.render(target.keypoints, enhanced).image, theirs["enhanced_image"]),
         "scores": max_diff(d.scores, theirs["scores"]),
         "features": max(max_diff(a, b) for a, b in zip(d.features, theirs["features"])),
     }
@@ -348,8 +362,8 @@ def avatar_diffs(model, theirs: dict, backend: str = "torch", enhanced: bool = T
     """Max |ours - theirs| of the image and mask rendered by `Avatar` (the folded per-frame net)."""
     from bilayer.runtime import Avatar
 
-    x = theirs["inputs"]
+    source, target = frames(theirs)
     avatar = Avatar(model, backend)
-    avatar.init(x["source_image"], x["source_landmarks"], x["source_keypoints"], x["source_mask"])
-    image, mask = avatar.render(x["target_keypoints"])
+    avatar.initialize(source)
+    image, mask = avatar.render(target.keypoints)
     return max_diff(image, theirs["enhanced_image" if enhanced else "image"]), max_diff(mask, theirs["mask"])

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from bilayer.data.landmarks import PART_INDEX, flip_keypoints
-from bilayer.data.preprocess import BoxSmoother, CropBox, FaceBox, MediaReader
+from bilayer.data.preprocess import BoxSmoother, CropBox, FaceBox
 from bilayer.data.samples import SAMPLE_PHOTOS, load_photo
+from bilayer.io.media import MediaReader
 
 FACES = [name for name, p in SAMPLE_PHOTOS.items() if p.has_face]
 

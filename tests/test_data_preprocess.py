@@ -193,6 +193,7 @@ def test_an_output_blocked_by_a_file_is_one_line_before_any_work(option, media_d
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_manifest(dataset_dir, media_dir, tmp_path):
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "bilayer", "preprocess", str(media_dir), "--out", str(out), "--quiet"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from bilayer.data.preprocess import MediaReader
 from bilayer.data.samples import SAMPLE_PHOTOS, load_photo, make_sample_video
+from bilayer.io.media import MediaReader
 
 
 def test_sample_photos_ship_with_installed_packages():

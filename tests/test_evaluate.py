@@ -13,10 +13,10 @@ import torch
 
 from bilayer.checkpoint import load_model, save_checkpoint
 from bilayer.cli.main import main
-from bilayer.nets import apply_mask
-from bilayer.metrics.complexity import frame_macs
+from bilayer.data.frame import Frame
 from bilayer.evaluation.protocol import EvalConfig, Evaluation, evaluate, target_frames
-from bilayer.nets import BilayerModel
+from bilayer.metrics.complexity import frame_macs
+from bilayer.nets import BilayerModel, apply_mask
 from bilayer.runtime import Avatar
 from tests.nets_helpers import tiny_config
 
@@ -81,18 +81,17 @@ def _probe(checkpoint, dataset_dir, cfg: EvalConfig):
     return model, evaluate(model, dataset_dir, {"probe": recorder}, cfg), calls
 
 
-def _source_and_first_target(dataset_dir, clip_id: str) -> tuple[dict, dict]:
+def _source_and_first_target(dataset_dir, clip_id: str) -> tuple[Frame, Frame]:
     """The clip's stored source frame and its first 1 FPS target, as the dataset gives them."""
-    from bilayer.data.dataset import DatasetConfig, PairDataset
+    from bilayer.data.config import DatasetConfig
+    from bilayer.data.dataset import PairDataset
     from bilayer.data.store import ClipReader
 
-    ds = PairDataset(dataset_dir, "all", DatasetConfig(image_size=64, flip_probability=0.0))
+    ds = PairDataset(dataset_dir, DatasetConfig(split="all"), image_size=64)
     clip = next(c for c in ds.clips if c.clip_id == clip_id)
     with ClipReader(dataset_dir / clip.file) as reader:
-        keypoints = reader.array("keypoints")  # (T, 68, 2)
         i = target_frames(reader.array("frame_index"), clip.fps)[0]
-        return (ds._frame(reader, keypoints[0], 0, False, "source"),
-                ds._frame(reader, keypoints[i], i, False, "target"))
+    return ds.frame(clip, 0), ds.frame(clip, i)
 
 
 def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, checkpoint):
@@ -105,22 +104,21 @@ def test_protocol_init_once_per_clip_and_copy_source_baseline(dataset_dir, check
     assert ours[0].shape == (1, 3, 64, 64) and not torch.equal(ours[0], copy[0])
     # the baseline's output is the clip's first frame, cut with its dataset mask
     src, _ = _source_and_first_target(dataset_dir, ev.clips[0])
-    assert torch.allclose(copy[0][0], apply_mask(src["source_image"], src["source_mask"]))
+    assert torch.allclose(copy[0][0], apply_mask(src.image, src.mask))
     assert ev.mean("ours", "probe") == 0.0 and ev.unscored("ours", "probe") == 0.0
 
 
 def test_mask_threshold_cuts_every_mask(dataset_dir, checkpoint):
     model, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask="own", mask_threshold=0.5))
     src, tgt = _source_and_first_target(dataset_dir, ev.clips[0])
-    assert ((src["source_mask"] > 0.01) & (src["source_mask"] < 0.99)).any()  # soft masks to cut
+    assert ((src.mask > 0.01) & (src.mask < 0.99)).any()  # soft masks to cut
     avatar = Avatar(model)
-    avatar.init(src["source_image"][None], src["source_landmarks"][None], src["source_keypoints"][None],
-                src["source_mask"][None])
-    image, mask = avatar.render(tgt["target_keypoints"][None])  # (1, 3, H, W), (1, 1, H, W)
+    avatar.initialize(src.batch())
+    image, mask = avatar.render(tgt.keypoints[None])  # (1, 3, H, W), (1, 1, H, W)
     (ours, target), (copy, _) = [(pred[0], target[0]) for pred, target, _ in calls[:2]]  # (3, H, W) each
     assert torch.allclose(ours, apply_mask(image, (mask >= 0.5).float())[0], atol=1e-6)
-    assert torch.equal(target, apply_mask(tgt["target_image"], (tgt["target_mask"] >= 0.5).float()))
-    assert torch.equal(copy, apply_mask(src["source_image"], (src["source_mask"] >= 0.5).float()))
+    assert torch.equal(target, apply_mask(tgt.image, (tgt.mask >= 0.5).float()))
+    assert torch.equal(copy, apply_mask(src.image, (src.mask >= 0.5).float()))
     with pytest.raises(ValueError, match="mask_threshold"):
         EvalConfig(mask_threshold=1.0)
 
@@ -133,19 +131,18 @@ def test_mask_modes_cut_every_image_with_one_mask(dataset_dir, checkpoint, mode)
     model, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask=mode))
     src, tgt = _source_and_first_target(dataset_dir, ev.clips[0])
     avatar = Avatar(model)
-    avatar.init(src["source_image"][None], src["source_landmarks"][None], src["source_keypoints"][None],
-                src["source_mask"][None])
-    image, mask = avatar.render(tgt["target_keypoints"][None])  # (1, 3, H, W), (1, 1, H, W)
-    cut = tgt["target_mask"] if mode == "target" else mask[0]
+    avatar.initialize(src.batch())
+    image, mask = avatar.render(tgt.keypoints[None])  # (1, 3, H, W), (1, 1, H, W)
+    cut = tgt.mask if mode == "target" else mask[0]
     (ours, target), (copy, copy_target) = [(pred[0], target[0]) for pred, target, _ in calls[:2]]
     assert torch.allclose(ours, apply_mask(image[0], cut), atol=1e-6)
-    assert torch.allclose(copy, apply_mask(src["source_image"], cut), atol=1e-6)
-    assert torch.allclose(target, apply_mask(tgt["target_image"], cut), atol=1e-6) and torch.equal(target, copy_target)
+    assert torch.allclose(copy, apply_mask(src.image, cut), atol=1e-6)
+    assert torch.allclose(target, apply_mask(tgt.image, cut), atol=1e-6) and torch.equal(target, copy_target)
     from bilayer.metrics.silhouette import mask_iou
 
-    assert ev.scores["ours"]["mask_iou"][0][0] == pytest.approx(float(mask_iou(mask, tgt["target_mask"][None])[0]))
+    assert ev.scores["ours"]["mask_iou"][0][0] == pytest.approx(float(mask_iou(mask, tgt.mask[None])[0]))
     assert ev.scores["copy_source"]["mask_iou"][0][0] == pytest.approx(
-        float(mask_iou(src["source_mask"][None], tgt["target_mask"][None])[0]))
+        float(mask_iou(src.mask[None], tgt.mask[None])[0]))
     with pytest.raises(ValueError, match="mask must be one of target, own, predicted"):
         EvalConfig(mask="both")
 
@@ -178,7 +175,8 @@ def test_cli_json_table_and_grid(dataset_dir, checkpoint, tmp_path, capsys):
     assert ours["gmacs"] == pytest.approx(frame_macs(model.cfg, model)["macs"] / 1e9)
     assert ours["init_ms"] > 0 and ours["inference_ms"] > 0
 
-    table = capsys.readouterr().out
+    chosen, table = capsys.readouterr().out.split("\n", 1)
+    assert chosen == "evaluate: split 'all' (--split)"
     header = table.splitlines()[0].split()
     assert header == ["Method", "LPIPS↓", "SSIM↑", "CSIM↑", "NME↓", "GMACs↓", "Init.(ms)↓", "Inf.(ms)↓"]
     assert "Copy source" in table and "ArcFace" in table and "LPIPS: n/a" in table and "SSIM by region" in table
@@ -265,3 +263,23 @@ def test_cli_damaged_dataset_is_one_line(dataset_dir, checkpoint, tmp_path, caps
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "all"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and str(data) in err and len(err.splitlines()) == 1, err
+
+
+def test_the_split_is_chosen_for_the_checkpoint_and_the_data(dataset_dir, tmp_path):
+    """The run's test split on the dataset it was trained on, every clip on any other; printed."""
+    from bilayer.evaluation.protocol import evaluation_split
+
+    trained = {"dataset": str(dataset_dir.resolve()), "train_config": {"data": {"split": "train", "test_fraction": 0.3}}}
+    assert evaluation_split(trained, dataset_dir)[:2] == ("test", 0.3)
+    assert evaluation_split(trained, tmp_path)[0] == "all"
+    every = {**trained, "train_config": {"data": {"split": "all", "test_fraction": 0.3}}}
+    assert evaluation_split(every, dataset_dir)[0] == "all"
+    split, fraction, why = evaluation_split({}, dataset_dir)  # the shipped demo model records none
+    assert (split, fraction) == ("all", 0.05) and "does not record" in why
+
+
+def test_evaluate_on_ones_own_clips_needs_no_split(dataset_dir, checkpoint, capsys):
+    """A user's own dataset (not the checkpoint's training data): every clip, said so."""
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--metrics", "ssim"]) == 0
+    assert capsys.readouterr().out.startswith("evaluate: split 'all' (the checkpoint does not record its training data")
+

@@ -69,7 +69,7 @@ def test_generic_graph_serves_any_avatar(avatar):
     kp = keypoints(avatar)
     other = Avatar(avatar.model)
     x = dummy_batch(avatar.model.cfg, b=1, seed=7)
-    other.init(x["image"], x["landmarks"])
+    other.initialize(x)
     sess = session(graph)
     for a in (avatar, other):  # same graph, two identities: matches each folded network
         feeds = dict(zip(net.input_names(), [kp, *(t.numpy() for t in [a.state.texture, *net.flat_params(a.state)])]))

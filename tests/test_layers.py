@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bilayer"
 #: Bottom to top. A unit is a subpackage of bilayer or one of its top-level modules.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "config", "assets"),  # foundation: one-line errors, typed configs, shipped files
-    ("io",),  # atomic files, JSON, images, the video writer
+    ("io",),  # atomic files, JSON, locks, images, the video writer
     ("nets", "perceptual"),  # the five networks; pretrained feature networks
     ("checkpoint",),  # weights + the config that built them
     ("data",),  # preprocessing, dataset store, training pairs

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bilayer.data.frame import Frame
 from bilayer.losses import (
-    Frame,
     LossWeights,
     Objective,
     discriminator_hinge,
@@ -118,8 +118,8 @@ def rendered():
     cfg = tiny_config()
     model = BilayerModel(cfg)
     b = dummy_batch(cfg, 2)
-    out = model.render(b["keypoints"], model.initialize(b["image"], b["landmarks"], b["mask"]))
-    target = Frame(b["image"].flip(0), b["landmarks"], b["keypoints"], (b["mask"] > 0.5).float())
+    out = model.render(b.keypoints, model.initialize(b.image, b.landmark_image, b.mask))
+    target = Frame(b.image.flip(0), b.landmark_image, b.keypoints, (b.mask > 0.5).float())
     return out, target
 
 
@@ -132,7 +132,7 @@ def test_discriminator_sees_real_and_fake_masked_by_the_detached_predicted_mask(
     assert torch.allclose(inputs[:2], target.image * m - (1 - m))
     assert torch.allclose(inputs[2:], out.image.detach() * m - (1 - m))
     assert torch.equal(losses.real, inputs[:2]) and torch.allclose(losses.fake, inputs[2:])
-    d_terms = Objective(LossWeights()).discriminator(d, losses.real, losses.fake, target.landmarks)
+    d_terms = Objective(LossWeights()).discriminator(d, losses.real, losses.fake, target.landmark_image)
     assert torch.equal(d.inputs[1], inputs) and set(d_terms) == {"adversarial"}
 
 

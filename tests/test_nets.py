@@ -11,7 +11,7 @@ from torch.nn.utils import parametrize
 
 from bilayer.cli.main import main
 from bilayer.config import PAPER_GMACS, ConfigError, load_yaml, ModelConfig, model_config
-from bilayer.nets import BilayerModel, identity_grid, warp_texture
+from bilayer.nets import BilayerModel, Discriminator, identity_grid, warp_texture
 from bilayer.nets.layers import AdaptiveConv1x1, AdaSPADE, Conv1x1, PixelwiseBias
 from bilayer.runtime import Avatar
 from bilayer.training.stats import standing_statistics
@@ -23,15 +23,15 @@ def test_shapes_every_size(size):
     cfg = tiny_config(size)
     model = BilayerModel(cfg)
     x = dummy_batch(cfg, b=2)
-    emb = model.embedder(x["image"], x["landmarks"], x["mask"])
+    emb = model.embedder(x.image, x.landmark_image, x.mask)
     assert [e.shape[1:] for e in emb] == [(32, 8, 8), (32, 8, 8), (16, 8, 8), (8, 8, 8)]
-    state = model.initialize(x["image"], x["landmarks"], x["mask"])
+    state = model.initialize(x.image, x.landmark_image, x.mask)
     assert state.texture.shape == (2, 3, 64, 64)
-    out = model.render(x["keypoints"], state)
+    out = model.render(x.keypoints, state)
     assert out.image.shape == out.lf.shape == out.hf.shape == (2, 3, 64, 64)
     assert out.mask_logit.shape == (2, 1, 64, 64)
     assert out.grid.shape == out.warp_delta.shape == (2, 64, 64, 2)
-    d = model.discriminator(out.image, x["landmarks"])
+    d = Discriminator(cfg)(out.image, x.landmark_image)
     assert d.scores.shape == (2, 1, 8, 8)
     assert len(d.features) == 4  # 3 downsampling blocks to 8x8 + one block at 8x8
 
@@ -47,7 +47,7 @@ def test_full_size_medium_shapes():
         assert all(e.shape[-2:] == (8, 8) for e in emb)
         state = model.initialize(img, img)
         out = model.render(torch.zeros(1, 68, 2), state)
-        d = model.discriminator(out.image, img)
+        d = Discriminator(cfg)(out.image, img)
     assert out.image.shape == (1, 3, 256, 256)
     assert d.scores.shape == (1, 1, 8, 8)
     assert [f.shape[1] for f in d.features] == [128, 256, 512, 512, 512, 512]
@@ -63,37 +63,39 @@ def _nonzero_grads(module: nn.Module) -> dict[str, bool]:
 
 def test_every_parameter_gets_a_gradient():
     cfg = tiny_config()
-    model = BilayerModel(cfg).train()
+    model, discriminator = BilayerModel(cfg).train(), Discriminator(cfg).train()
     x = dummy_batch(cfg, b=3)
-    state = model.initialize(x["image"], x["landmarks"], x["mask"])
-    out = model.render(x["keypoints"], state)
-    fake = model.discriminator(out.image, x["landmarks"])
+    state = model.initialize(x.image, x.landmark_image, x.mask)
+    out = model.render(x.keypoints, state)
+    fake = discriminator(out.image, x.landmark_image)
     # Generator objective: pixel + mask + warp terms and the adversarial score.
-    g_loss = (out.image - x["image"]).abs().mean() + out.mask_logit.abs().mean() + fake.scores.mean()
-    g_loss = g_loss + out.warp_delta.abs().mean() + (out.lf - x["image"]).abs().mean()
+    g_loss = (out.image - x.image).abs().mean() + out.mask_logit.abs().mean() + fake.scores.mean()
+    g_loss = g_loss + out.warp_delta.abs().mean() + (out.lf - x.image).abs().mean()
     g_loss.backward()
     for net in (model.embedder, model.texture_generator, model.inference_generator):
         missing = [n for n, ok in _nonzero_grads(net).items() if not ok]
         assert not missing, f"{type(net).__name__}: no gradient for {missing[:5]}"
 
     model.zero_grad()
-    both = model.discriminator(torch.cat([x["image"], out.image.detach()]), torch.cat([x["landmarks"]] * 2))
+    discriminator.zero_grad()
+    both = discriminator(torch.cat([x.image, out.image.detach()]), torch.cat([x.landmark_image] * 2))
     d_loss = torch.relu(1 - both.scores[:3]).mean() + torch.relu(1 + both.scores[3:]).mean()
     d_loss.backward()
-    missing = [n for n, ok in _nonzero_grads(model.discriminator).items() if not ok]
+    missing = [n for n, ok in _nonzero_grads(discriminator).items() if not ok]
     assert not missing, f"discriminator: no gradient for {missing[:5]}"
 
     model.zero_grad()
-    state = model.initialize(x["image"], x["landmarks"], x["mask"])
-    refined = model.enhance(state, x["keypoints"], x["image"])
-    (model.render(x["keypoints"], refined).image - x["image"]).abs().mean().backward()
+    state = model.initialize(x.image, x.landmark_image, x.mask)
+    refined = model.refine(state, x.keypoints, x.image)
+    (model.render(x.keypoints, refined).image - x.image).abs().mean().backward()
     missing = [n for n, ok in _nonzero_grads(model.updater).items() if not ok]
     assert not missing, f"updater: no gradient for {missing[:5]}"
 
 
 def test_spectral_norm_on_every_conv_and_linear():
     model = BilayerModel(tiny_config())
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [(n, m) for net in (model, Discriminator(tiny_config())) for n, m in net.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert len(layers) > 50
     plain = [n for n, m in layers if not parametrize.is_parametrized(m, "weight")]
     assert not plain, f"layers without spectral norm: {plain[:5]}"
@@ -106,10 +108,10 @@ def test_adaptive_params_depend_on_the_source():
     cfg = tiny_config()
     model = BilayerModel(cfg).eval()
     a, b = dummy_batch(cfg, b=1, seed=1), dummy_batch(cfg, b=1, seed=2)
-    kp = a["keypoints"]
+    kp = a.keypoints
     with torch.no_grad():
-        sa = model.initialize(a["image"], a["landmarks"])
-        sb = model.initialize(b["image"], b["landmarks"])
+        sa = model.initialize(a.image, a.landmark_image)
+        sb = model.initialize(b.image, b.landmark_image)
         ra, rb = model.render(kp, sa), model.render(kp, sb)
         # Same texture, different adaptive params -> the inference generator's output differs.
         rmix = model.render(kp, type(sa)(sb.inference_params, sa.texture))
@@ -134,11 +136,11 @@ def test_render_does_not_touch_initialization_networks():
     model.inference_generator.projector.register_forward_hook(counter("projector"))
     x = dummy_batch(cfg, b=1)
     avatar = Avatar(model)
-    avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
+    avatar.initialize(x)
     after_init = dict(calls)
     assert after_init == {"embedder": 1, "texture_generator": 1, "projector": 1}
     for _ in range(3):
-        image, mask = avatar.render(x["keypoints"][0])
+        image, mask = avatar.render(x.keypoints[0])
     assert calls == after_init
     assert image.shape == (1, 3, 64, 64) and mask.shape == (1, 1, 64, 64)
     assert 0 <= mask.min() and mask.max() <= 1
@@ -150,7 +152,7 @@ def test_avatar_rejects_bad_keypoints():
     cfg = tiny_config()
     avatar = Avatar(BilayerModel(cfg))
     x = dummy_batch(cfg, b=1)
-    avatar.init(x["image"], x["landmarks"])
+    avatar.initialize(x)
     with pytest.raises(InputError, match="expected"):
         avatar.render(torch.zeros(67, 2))
     bad = torch.zeros(68, 2)
@@ -170,8 +172,8 @@ def test_multiple_sources_are_averaged():
     model = BilayerModel(cfg).eval()
     x = dummy_batch(cfg, b=2)
     with torch.no_grad():
-        each = model.embedder(x["image"], x["landmarks"], x["mask"])
-        multi = model.embedder(x["image"][None], x["landmarks"][None], x["mask"][None])
+        each = model.embedder(x.image, x.landmark_image, x.mask)
+        multi = model.embedder(x.image[None], x.landmark_image[None], x.mask[None])
     for e, m in zip(each, multi):
         assert torch.allclose(e.mean(0, keepdim=True), m, atol=1e-5)
 
@@ -192,10 +194,10 @@ def test_updater_zero_steps_is_identity_and_steps_change_texture():
     model = BilayerModel(cfg).eval()
     x = dummy_batch(cfg, b=1)
     with torch.no_grad():
-        state = model.initialize(x["image"], x["landmarks"])
-    same = model.enhance(state, x["keypoints"], x["image"], steps=0)
+        state = model.initialize(x.image, x.landmark_image)
+    same = model.refine(state, x.keypoints, x.image, steps=0)
     assert torch.equal(same.texture, state.texture)
-    moved = model.enhance(state, x["keypoints"], x["image"])
+    moved = model.refine(state, x.keypoints, x.image)
     assert (moved.texture - state.texture).abs().max() > 0
 
 
@@ -206,7 +208,7 @@ def test_updater_is_guided_by_the_source_foreground_only(monkeypatch):
     model = BilayerModel(cfg).eval()
     x = dummy_batch(cfg, b=1)
     with torch.no_grad():
-        state = model.initialize(x["image"], x["landmarks"])
+        state = model.initialize(x.image, x.landmark_image)
     generator = model.inference_generator.forward
 
     def left_half_background(*args, **kwargs):
@@ -217,12 +219,12 @@ def test_updater_is_guided_by_the_source_foreground_only(monkeypatch):
 
     monkeypatch.setattr(model.inference_generator, "forward", left_half_background)
     half = cfg.image_size // 2
-    new_background, new_foreground = x["image"].clone(), x["image"].clone()
+    new_background, new_foreground = x.image.clone(), x.image.clone()
     new_background[..., :half] = torch.rand_like(new_background[..., :half]) * 2 - 1
     new_foreground[..., half:] = torch.rand_like(new_foreground[..., half:]) * 2 - 1
-    texture = model.enhance(state, x["keypoints"], x["image"]).texture
-    assert torch.allclose(model.enhance(state, x["keypoints"], new_background).texture, texture, atol=1e-6)
-    assert (model.enhance(state, x["keypoints"], new_foreground).texture - texture).abs().max() > 1e-3
+    texture = model.refine(state, x.keypoints, x.image).texture
+    assert torch.allclose(model.refine(state, x.keypoints, new_background).texture, texture, atol=1e-6)
+    assert (model.refine(state, x.keypoints, new_foreground).texture - texture).abs().max() > 1e-3
 
 
 def test_standing_statistics_average_batches():
@@ -310,8 +312,8 @@ def test_embedding_and_score_sizes_are_exact():
     model = BilayerModel(cfg).eval()
     x = dummy_batch(cfg, b=1)
     with torch.no_grad():
-        assert all(e.shape[-2:] == (16, 16) for e in model.embedder(x["image"], x["landmarks"]))
-        assert model.discriminator(x["image"], x["landmarks"]).scores.shape[-2:] == (4, 4)
+        assert all(e.shape[-2:] == (16, 16) for e in model.embedder(x.image, x.landmark_image))
+        assert Discriminator(cfg)(x.image, x.landmark_image).scores.shape[-2:] == (4, 4)
 
 
 @pytest.mark.parametrize("layers", [1, 2, 4])
@@ -320,6 +322,7 @@ def test_kp_layers_is_the_number_of_linear_layers(layers):
     assert sum(isinstance(m, nn.Linear) for m in mlp) == layers
 
 
+@pytest.mark.slow
 def test_bench_macs_json_within_5_percent_of_paper(capsys):
     """The per-frame cost of each size at 256 px lands within +-5 % of the paper's Table 2."""
     assert main(["bench", "macs", "--json"]) == 0

@@ -19,7 +19,8 @@ from PIL import Image
 
 from bilayer.cli.main import main
 from bilayer.config import to_dict
-from bilayer.data.dataset import DatasetConfig, PairDataset, identity_split
+from bilayer.data.config import DatasetConfig
+from bilayer.data.dataset import PairDataset, identity_split
 from bilayer.data.landmarks import draw_official_landmarks, flip_keypoints, pixel_keypoints
 from bilayer.data.preprocess.official_layout import run_official_import
 from bilayer.data.samples import SAMPLE_PHOTOS, load_photo
@@ -294,16 +295,16 @@ def test_manifest_lines_without_a_split_still_load(tmp_path):
     (tmp_path / "manifest.jsonl").write_text(json.dumps(line) + "\n")
     (clip,) = store.clips()
     assert clip.split is None
-    assert PairDataset(tmp_path, "test", DatasetConfig(test_fraction=0.5)).clips == [clip]  # the hash rule
+    assert PairDataset(tmp_path, DatasetConfig(split="test", test_fraction=0.5)).clips == [clip]  # the hash rule
     assert identity_split("id00004", 0.5) == "test"
 
 
 def test_pair_dataset_keeps_the_official_split_and_draws_official_landmarks(imported, capsys):
-    cfg = DatasetConfig(profile="official", seed=0)
+    cfg = DatasetConfig(split="test")
     assert identity_split("id00002", cfg.test_fraction) == "train"  # the recorded split wins
-    test = PairDataset(imported, "test", cfg)
+    test = PairDataset(imported, cfg, profile="official", seed=0)
     assert test.identities == {"id00002"} and len(test) == 1
-    train = PairDataset(imported, "train", DatasetConfig(profile="official", test_fraction=1.0, seed=0))
+    train = PairDataset(imported, DatasetConfig(split="train", test_fraction=1.0), profile="official", seed=0)
     assert train.identities == {"id00001"} and len(train) == 2
     assert capsys.readouterr().err == ""  # same profile: no warning
 
@@ -311,24 +312,24 @@ def test_pair_dataset_keeps_the_official_split_and_draws_official_landmarks(impo
         for i in range(len(ds)):
             item = ds[i]
             for role in ("source", "target"):
-                kp = item[f"{role}_keypoints"].numpy()
+                kp = getattr(item, role).keypoints.numpy()
                 expected = draw_official_landmarks(kp, 256).transpose(2, 0, 1).astype(np.float32) / 127.5 - 1
-                np.testing.assert_array_equal(item[f"{role}_landmarks"].numpy(), expected)
-                assert item[f"{role}_image"].shape == (3, 256, 256) and item[f"{role}_mask"].max() == 1
+                np.testing.assert_array_equal(getattr(item, role).landmark_image.numpy(), expected)
+                assert getattr(item, role).image.shape == (3, 256, 256) and getattr(item, role).mask.max() == 1
                 x, y = ((kp[30] + 1) / 2 * 256).astype(int)  # the nose tip is inside the seg
-                assert item[f"{role}_mask"][0, y, x] == 1
+                assert getattr(item, role).mask[0, y, x] == 1
 
 
 def test_flip_keeps_working_on_official_keypoints(imported):
-    plain = PairDataset(imported, "train", DatasetConfig(profile="official", flip_probability=0, seed=5))
-    flipped = PairDataset(imported, "train", DatasetConfig(profile="official", flip_probability=1, seed=5))
+    plain = PairDataset(imported, DatasetConfig(split="train", flip_probability=0), profile="official", seed=5)
+    flipped = PairDataset(imported, DatasetConfig(split="train", flip_probability=1), profile="official", seed=5)
     a, b = plain[0], flipped[0]
-    np.testing.assert_array_equal(b["source_keypoints"].numpy(), flip_keypoints(a["source_keypoints"].numpy()))
-    assert torch.equal(b["source_image"], a["source_image"].flip(-1))
+    np.testing.assert_array_equal(b.source.keypoints.numpy(), flip_keypoints(a.source.keypoints.numpy()))
+    assert torch.equal(b.source.image, a.source.image.flip(-1))
 
 
 def test_a_model_of_another_profile_gets_one_warning_line(imported, capsys):
-    ds = PairDataset(imported, "all", DatasetConfig(image_size=64))
+    ds = PairDataset(imported, DatasetConfig(split="all"), image_size=64)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(imported) in err and "'official'" in err and "'bilayer'" in err, err
-    assert ds[0]["source_landmarks"].shape == (3, 64, 64)
+    assert ds[0].source.landmark_image.shape == (3, 64, 64)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bilayer.data.landmarks import draw_official_landmarks, landmark_image, normalize_keypoints
+from bilayer.data.landmarks import draw_official_landmarks, draw_profile_landmarks, landmark_image, normalize_keypoints
 from bilayer.data.preprocess.annotator import OFFICIAL_EROSION_KERNEL, FaceAnnotator, erode_mask
 from bilayer.data.preprocess.geometry import CropBox, FaceBox
 from bilayer.errors import InputError
@@ -203,7 +203,7 @@ def test_crop_source_with_each_profile(annotator, official_annotator, portrait):
         np.testing.assert_array_equal(face.image, expected.image)
         np.testing.assert_array_equal(face.keypoints, expected.keypoints)
         np.testing.assert_array_equal(face.mask, expected.mask)
-        landmarks = face.tensors()["landmarks"]  # (1, 3, S, S) in [-1, 1]
+        landmarks = face.frame().landmark_image  # (1, 3, S, S) in [-1, 1]
         assert torch.equal(landmarks, landmark_image(torch.from_numpy(face.keypoints), 256, profile))
     official = draw_official_landmarks(face.keypoints, 256).transpose(2, 0, 1) / 127.5 - 1
     np.testing.assert_allclose(landmarks[0].numpy(), official, atol=1e-6)
@@ -333,15 +333,13 @@ def reference_utils():
 
 
 @pytest.mark.parametrize("size", [64, 127, 256])
-def test_official_stickman_is_pixel_identical_to_draw_stickmen(size):
-    from bilayer.runtime.pipeline import stickman
-
+def test_official_landmark_image_is_pixel_identical_to_draw_stickmen(size):
     utils = reference_utils()
     args = SimpleNamespace(folder_postfix="2d_crop", image_size=size, stickmen_thickness=2)
     keypoints = np.random.default_rng(size).uniform(-1.1, 1.1, (6, 68, 2)).astype(np.float32)  # some outside
     theirs = utils.draw_stickmen(args, torch.from_numpy(keypoints).view(6, -1))  # (6, 3, S, S): (u8 / 255 - 0.5) * 2
     theirs_u8 = np.round((theirs.numpy() / 2 + 0.5) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
     for k, expected in zip(keypoints, theirs_u8):
-        np.testing.assert_array_equal(stickman(k, size, "official"), expected)
+        np.testing.assert_array_equal(draw_profile_landmarks(k, size, "official"), expected)
     np.testing.assert_allclose(landmark_image(torch.from_numpy(keypoints), size, "official").numpy(), theirs.numpy(),
                                atol=1e-6)

@@ -42,10 +42,10 @@ def test_folding_matches_the_adaptive_model(size):
     model.eval()
     x = dummy_batch(cfg, b=3)
     with torch.no_grad():
-        state = model.initialize(x["image"][:1], x["landmarks"][:1], x["mask"][:1])
-        ref = model.render(x["keypoints"], state)
+        state = model.initialize(x.image[:1], x.landmark_image[:1], x.mask[:1])
+        ref = model.render(x.keypoints, state)
         net = fold_generator(model.inference_generator, state.inference_params, state.texture)
-        image, mask = net(x["keypoints"])
+        image, mask = net(x.keypoints)
     assert relative_error(image, ref.image) <= 1e-5
     assert relative_error(mask, ref.mask) <= 1e-5
     # An ordinary static network: no parametrizations, only plain layers, nothing trainable.
@@ -71,7 +71,7 @@ def test_fold_rejects_a_batch_of_avatars():
     model = BilayerModel(tiny_config()).eval()
     x = dummy_batch(model.cfg, b=2)
     with torch.no_grad():
-        state = model.initialize(x["image"], x["landmarks"])
+        state = model.initialize(x.image, x.landmark_image)
     with pytest.raises(ValueError, match="batch 1"):
         fold_generator(model.inference_generator, state.inference_params, state.texture)
 
@@ -79,7 +79,7 @@ def test_fold_rejects_a_batch_of_avatars():
 def test_render_of_source_keypoints_reproduces_the_init_render():
     avatar, x = tiny_avatar()
     assert isinstance(avatar.frame_net, FrameNet)
-    image, mask = avatar.render(x["keypoints"][0].numpy())
+    image, mask = avatar.render(x.keypoints[0].numpy())
     ref_image, ref_mask = avatar.source_render
     assert relative_error(image, ref_image) <= 1e-5 and relative_error(mask, ref_mask) <= 1e-5
 
@@ -95,10 +95,10 @@ def test_backends_match_torch_fp32(backend):
     randomize_norm_stats(model)
     x = dummy_batch(model.cfg, b=1)
     reference = Avatar(model)
-    reference.init(x["image"], x["landmarks"], x["keypoints"])
+    reference.initialize(x)
     avatar = Avatar(model, *backend.split("/"))
-    avatar.init(x["image"], x["landmarks"], x["keypoints"])
-    keypoints = torch.from_numpy(motion_samples(x["keypoints"][0].numpy(), 4, seed=1))
+    avatar.initialize(x)
+    keypoints = torch.from_numpy(motion_samples(x.keypoints[0].numpy(), 4, seed=1))
     (ref, ref_mask), (out, mask) = reference.render(keypoints), avatar.render(keypoints)
     assert out.shape == ref.shape and out.dtype == torch.float32 and mask.shape == ref_mask.shape
     if backend == "onnxruntime/fp32":
@@ -137,7 +137,7 @@ def test_runtime_loads_nothing_of_training_losses_or_the_dataset_writer():
         "import sys\n"
         "import bilayer.cli.animate, bilayer.cli.demo, bilayer.runtime.pipeline, bilayer.runtime.faces\n"
         "from bilayer.runtime import Avatar\n"
-        "import bilayer.data.preprocess.annotator, bilayer.data.preprocess.media\n"
+        "import bilayer.data.preprocess.annotator, bilayer.io.media\n"
         "banned = ('bilayer.training', 'bilayer.losses', 'bilayer.data.preprocess.pipeline', 'bilayer.data.store')\n"
         "loaded = [m for m in sys.modules if m.startswith(banned)]\n"
         "assert not loaded, loaded\n"
@@ -158,7 +158,7 @@ def test_unknown_backend_is_an_input_error():
     avatar = Avatar(BilayerModel(tiny_config()), "torch", "int8")
     x = dummy_batch(avatar.model.cfg, b=1)
     with pytest.raises(InputError, match="torch/int8"):
-        avatar.init(x["image"], x["landmarks"])
+        avatar.initialize(x)
 
 
 def test_relative_motion_keeps_the_source_shape():

@@ -16,9 +16,10 @@ import torch
 from bilayer.checkpoint import load_model, read_checkpoint
 from bilayer.cli.main import main
 from bilayer.config import ConfigError, apply_overrides
+from bilayer.data.frame import Pair
 from bilayer.errors import InputError
 from bilayer.losses import Objective
-from bilayer.nets import apply_mask
+from bilayer.nets import NETWORKS, apply_mask
 from bilayer.training import loop
 from bilayer.training.config import TrainConfig, load_train_config, train_config
 from bilayer.training.data import StreamSampler, open_dataset
@@ -27,7 +28,7 @@ from bilayer.training.loop import Trainer, TrainingDiverged
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "tiny.yaml"
 D_SCORE_BIAS = ("out.2.bias",)
-NETS = ("embedder", "texture_generator", "inference_generator", "updater", "discriminator")
+NETS = (*NETWORKS, "discriminator")
 NETS_SORTED_WITHOUT_D = ["embedder", "inference_generator", "texture_generator", "updater"]
 
 
@@ -35,11 +36,11 @@ def tiny(*overrides: str) -> TrainConfig:
     return load_train_config(TINY_YAML, ["standing_stats_batches=2", "log_every=1", *overrides])
 
 
-def snapshot(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """{net: {"params": {...}, "buffers": {...}}}, cloned."""
+def snapshot(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
+    """{net: {"params": {...}, "buffers": {...}}} of the trainer's networks, cloned."""
     out = {}
     for net in NETS:
-        module = getattr(model, net)
+        module = trainer.discriminator if net == "discriminator" else getattr(trainer.model, net)
         params = {k: v.detach().clone() for k, v in module.named_parameters()}
         buffers = {k: v.clone() for k, v in module.state_dict().items() if k not in params}  # persistent ones
         out[net] = {"params": params, "buffers": buffers}
@@ -137,29 +138,23 @@ def test_one_step_per_stage_updates_the_right_networks_and_masks_d_inputs(datase
     cfg = tiny("base.iterations=1", "updater.iterations=1")
     run = tmp_path / "run"
     trainer = Trainer(cfg, open_dataset(dataset_dir, cfg), run)
-    before = snapshot(trainer.model)
+    before = snapshot(trainer)
 
     # Record the target frames, the phase outputs, the predicted masks and D's inputs.
     targets, results, masks, d_inputs = [], [], [], []
-    frame, step = loop.frame, Trainer.step
+    step = Trainer.step
 
-    def recording_frame(batch, which, device):
-        f = frame(batch, which, device)
-        if which == "target":
-            targets.append(f)
-        return f
-
-    def recording_step(self, *args):
-        values, result = step(self, *args)
+    def recording_step(self, phases, source, target, iteration):
+        targets.append(target)
+        values, result = step(self, phases, source, target, iteration)
         results.append(result)
         return values, result
 
-    monkeypatch.setattr(loop, "frame", recording_frame)
     monkeypatch.setattr(Trainer, "step", recording_step)
     trainer.model.inference_generator.register_forward_hook(lambda m, a, out: masks.append(torch.sigmoid(out.mask_logit.detach())))
-    trainer.model.discriminator.register_forward_hook(lambda m, a, out: d_inputs.append(a[0].detach().clone()))
+    trainer.discriminator.register_forward_hook(lambda m, a, out: d_inputs.append(a[0].detach().clone()))
     trainer.run(stop_after=1)  # one base iteration, then stop (saving last.pt)
-    after = snapshot(trainer.model)
+    after = snapshot(trainer)
 
     for net in ("embedder", "texture_generator", "inference_generator"):
         assert changed_all(before[net]["params"], after[net]["params"]), net
@@ -172,7 +167,7 @@ def test_one_step_per_stage_updates_the_right_networks_and_masks_d_inputs(datase
     (target,), (mask,) = targets, masks
     g_call, d_call = d_inputs
     assert torch.allclose(g_call[:b], apply_mask(target.image, mask), atol=1e-6)
-    assert torch.allclose(g_call[b:], apply_mask(results[0]["visuals"]["output"], mask), atol=1e-6)
+    assert torch.allclose(g_call[b:], apply_mask(results[0].visuals["output"], mask), atol=1e-6)
     assert torch.equal(g_call, d_call)
     assert "ImageNet term: off" in capsys.readouterr().out
 
@@ -180,13 +175,16 @@ def test_one_step_per_stage_updates_the_right_networks_and_masks_d_inputs(datase
     trainer = Trainer(cfg, open_dataset(dataset_dir, cfg), run, resume=True)
     trainer.run()
     base = read_checkpoint(run / "checkpoints" / "base.pt")
-    final = snapshot(trainer.model)
+    final = snapshot(trainer)
     for net in ("embedder", "texture_generator", "inference_generator"):
         state = net_state(base["model"], net)
         assert same({k: state[k] for k in final[net]["params"]}, final[net]["params"]), net
         assert same({k: state[k] for k in final[net]["buffers"]}, final[net]["buffers"]), net
-    for net, but in (("updater", ()), ("discriminator", D_SCORE_BIAS)):
-        assert changed_all({k: net_state(base["model"], net)[k] for k in final[net]["params"]}, final[net]["params"], but)
+    assert changed_all({k: net_state(base["model"], "updater")[k] for k in final["updater"]["params"]},
+                       final["updater"]["params"])
+    assert changed_all({k: base["discriminator"][k] for k in final["discriminator"]["params"]},
+                       final["discriminator"]["params"], D_SCORE_BIAS)
+    assert base["meta"]["dataset"] == str(dataset_dir.resolve())  # evaluate picks the run's test split on it
     # Standing statistics: plain averages over `standing_stats_batches` batches (App. A.1).
     tracked = [v for k, v in net_state(base["model"], "inference_generator").items() if k.endswith("num_batches_tracked")]
     assert tracked and all(int(t) == 2 for t in tracked)
@@ -204,11 +202,11 @@ def test_joint_updater_trains_g_upd_in_the_base_stage(dataset_dir, tmp_path):
     the updater (loads with its M steps)."""
     cfg = tiny("base.iterations=1", "updater.iterations=0", "joint_updater=true")
     trainer = Trainer(cfg, open_dataset(dataset_dir, cfg), tmp_path / "run")
-    before = snapshot(trainer.model)
+    before = snapshot(trainer)
     calls = []
     trainer.model.updater.register_forward_hook(lambda m, a, out: calls.append(a[1].detach().abs().sum()))
     trainer.run()
-    after = snapshot(trainer.model)
+    after = snapshot(trainer)
     for net in ("embedder", "texture_generator", "inference_generator", "updater"):
         assert changed_all(before[net]["params"], after[net]["params"]), net
     # M steps in the G phase of the one base iteration, each guided by a non-zero gradient.
@@ -218,6 +216,7 @@ def test_joint_updater_trains_g_upd_in_the_base_stage(dataset_dir, tmp_path):
     assert load_model(tmp_path / "run" / "checkpoints" / "base.pt")[0].cfg.upd_steps == cfg.model.upd_steps
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(dataset_dir, tmp_path):
     cfg = tiny("base.iterations=3", "updater.iterations=2", "base.batch_size=2", "updater.batch_size=2",
                "loss.warp_decay_every=1")
@@ -244,8 +243,9 @@ def test_resume_equals_an_uninterrupted_run(dataset_dir, tmp_path):
     assert [r["G/total"] for r in resumed] == pytest.approx([r["G/total"] for r in logs], abs=1e-5)
 
 
-def test_init_starts_a_new_run_from_an_inference_checkpoint(dataset_dir, tmp_path, capsys):
-    """`--init C`: the networks C holds (here a float16 inference checkpoint without D) start the
+@pytest.mark.slow
+def test_weights_start_a_new_run_from_an_inference_checkpoint(dataset_dir, tmp_path, capsys):
+    """`--weights C`: the networks C holds (here a float16 inference checkpoint without D) start the
     run, D starts fresh, optimizers and the iteration count start at zero; resumes keep the record."""
     from bilayer.checkpoint import inference_checkpoint
 
@@ -256,7 +256,7 @@ def test_init_starts_a_new_run_from_an_inference_checkpoint(dataset_dir, tmp_pat
     weights = read_checkpoint(shipped)["model"]
 
     fresh = Trainer(cfg, data, tmp_path / "fresh")
-    trainer = Trainer(cfg, data, tmp_path / "b", init=shipped)
+    trainer = Trainer(cfg, data, tmp_path / "b", weights_from=shipped)
     assert trainer.progress == loop.Progress("base", 0)
     for net in ("embedder", "texture_generator", "inference_generator", "updater"):
         state = getattr(trainer.model, net).state_dict()
@@ -264,24 +264,24 @@ def test_init_starts_a_new_run_from_an_inference_checkpoint(dataset_dir, tmp_pat
         assert state.keys() == expected.keys()
         assert all(torch.equal(state[k], expected[k].to(state[k].dtype)) for k in state)
         assert all(v.dtype == torch.float32 for v in getattr(trainer.model, net).parameters())
-    assert same(trainer.model.discriminator.state_dict(), fresh.model.discriminator.state_dict())
+    assert same(trainer.discriminator.state_dict(), fresh.discriminator.state_dict())
     assert all(not opt.state for opt in trainer.optimizers.values())
 
     assert main(["train", "--config", str(TINY_YAML), "--data", str(dataset_dir), "--out", str(tmp_path / "c"),
-                 "--init", str(shipped), "--stop-after", "1"]) == 0
+                 "--weights", str(shipped), "--stop-after", "1"]) == 0
     out = capsys.readouterr().out
     assert f"networks from {shipped}: embedder, inference_generator, texture_generator, updater; fresh: discriminator" in out
     resumed = Trainer(cfg, data, tmp_path / "c", resume=True)
-    assert resumed.init == {"checkpoint": str(shipped), "networks": NETS_SORTED_WITHOUT_D, "updater_trained": True}
+    assert resumed.weights_from == {"checkpoint": str(shipped), "networks": NETS_SORTED_WITHOUT_D, "updater_trained": True}
     # The base stage of a run from a trained G_upd keeps it: mid-run files render with its M steps.
     assert load_model(tmp_path / "c" / "checkpoints" / "last.pt")[0].cfg.upd_steps == cfg.model.upd_steps
     resumed.run()
-    assert read_checkpoint(tmp_path / "c" / "checkpoints" / "final.pt")["meta"]["init"]["checkpoint"] == str(shipped)
+    assert read_checkpoint(tmp_path / "c" / "checkpoints" / "final.pt")["meta"]["weights_from"]["checkpoint"] == str(shipped)
 
     with pytest.raises(InputError, match="pass one of them"):
-        Trainer(cfg, data, tmp_path / "c", resume=True, init=shipped)
+        Trainer(cfg, data, tmp_path / "c", resume=True, weights_from=shipped)
     with pytest.raises(InputError, match=f"{shipped}: its model config differs .*image_size"):
-        Trainer(tiny("model.image_size=128"), data, tmp_path / "d", init=shipped)
+        Trainer(tiny("model.image_size=128"), data, tmp_path / "d", weights_from=shipped)
 
 
 # ------------------------------------------------------------------------------------ operations
@@ -322,7 +322,7 @@ class SignalAfter(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Pair:
         self.reads += 1
         if self.reads == self.n:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -407,6 +407,7 @@ def test_dlib_frame_stands_in_for_vgg19_on_the_whole_frame():
     assert grad_face.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_tiny_config_trains_both_stages_from_the_cli(dataset_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -436,6 +437,6 @@ def test_tiny_config_trains_both_stages_from_the_cli(dataset_dir, tmp_path):
 
     item = open_dataset(dataset_dir, load_train_config(TINY_YAML))[0]
     avatar = Avatar(model)
-    avatar.init(item["source_image"][None], item["source_landmarks"][None], item["source_keypoints"][None])
-    image, mask = avatar.render(item["target_keypoints"])
+    avatar.initialize(item.source.batch())
+    image, mask = avatar.render(item.target.keypoints)
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()

@@ -6,11 +6,14 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from bilayer.checkpoint import read_checkpoint
 from tests.test_training import ROOT, TINY_YAML
+
+pytestmark = pytest.mark.slow  # several processes
 
 OVERRIDES = ["base.iterations=3", "updater.iterations=2", "standing_stats_batches=2", "log_every=1"]
 

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, metavar="C",
                    help="model checkpoint (default: the shipped demo model)")
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset written by `bilayer preprocess`")
-    p.add_argument("--split", choices=("test", "train", "all"), default="test")
+    p.add_argument("--split", choices=("test", "train", "all"),
+                   help="default: the checkpoint's test split when DIR is the dataset it was trained on, "
+                        "every clip otherwise (the choice is printed)")
     p.add_argument("--test-fraction", type=float, metavar="F",
                    help="identities held out as test (default: the checkpoint's training config, else 0.05)")
     p.add_argument("--max-clips", type=int, default=50, metavar="N", help="clips (one per identity); paper: 50")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bilayer.checkpoint import load_model, resolve_checkpoint
     from bilayer.errors import InputError, MetricUnavailable
-    from bilayer.evaluation.protocol import EvalConfig, evaluate
+    from bilayer.evaluation.protocol import EvalConfig, evaluate, evaluation_split
     from bilayer.evaluation.report import format_table, results_json, write_grid
     from bilayer.io.files import check_output_file, write_json
     from bilayer.metrics.complexity import frame_macs
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_clips < 1 or args.clips_per_identity < 1:
         raise InputError("--max-clips and --clips-per-identity must be >= 1")
     try:
-        cfg = EvalConfig(split=args.split, max_clips=args.max_clips, clips_per_identity=args.clips_per_identity,
+        cfg = EvalConfig(max_clips=args.max_clips, clips_per_identity=args.clips_per_identity,
                          mask=args.mask, mask_threshold=args.mask_threshold)
     except ValueError as e:
         raise InputError(f"--mask-threshold: {e}") from None
@@ -70,10 +72,14 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.grid, (".png",))
     checkpoint = resolve_checkpoint(args.checkpoint)
     model, ckpt = load_model(checkpoint)
-    train_data = ckpt.get("meta", {}).get("train_config", {}).get("data", {})
-    test_fraction = args.test_fraction if args.test_fraction is not None else train_data.get("test_fraction", 0.05)
-    if args.split == "test" and train_data.get("split") == "all":
-        print("evaluate: warning: the checkpoint was trained on split 'all', its test identities were seen")
+    meta = ckpt.get("meta", {})
+    split, test_fraction, why = evaluation_split(meta, args.data)
+    if args.split is not None:
+        split, why = args.split, "--split"
+        if split == "test" and meta.get("train_config", {}).get("data", {}).get("split") == "all":
+            print("evaluate: warning: the checkpoint was trained on split 'all', its test identities were seen")
+    test_fraction = args.test_fraction if args.test_fraction is not None else test_fraction
+    print(f"evaluate: split {split!r} ({why})")
 
     opts = MetricOptions(lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone)
     metrics, unavailable = {}, {}
@@ -83,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
         except MetricUnavailable as e:
             unavailable[name] = str(e)
     torch.manual_seed(0)
-    cfg = replace(cfg, test_fraction=test_fraction)
+    cfg = replace(cfg, split=split, test_fraction=test_fraction)
     ev = evaluate(model, args.data, metrics, cfg)
-    meta = {"checkpoint": str(checkpoint), "data": str(args.data), "split": args.split,
+    meta = {"checkpoint": str(checkpoint), "data": str(args.data), "split": split,
             "test_fraction": test_fraction, "mask": cfg.mask, "mask_threshold": cfg.mask_threshold,
             "clips": ev.clips}
     results = results_json(ev, unavailable, frame_macs(model.cfg, model)["macs"] / 1e9, meta)

@@ -1,4 +1,4 @@
-"""`bilayer train --config FILE --data DIR --out RUN_DIR [--resume | --init C] [KEY=VALUE ...]`: both stages.
+"""`bilayer train --config FILE --data DIR --out RUN_DIR [--resume | --weights C] [KEY=VALUE ...]`: both stages.
 
 Writes RUN_DIR/config.yaml (resolved), RUN_DIR/tb/ (TensorBoard), RUN_DIR/log.jsonl and
 RUN_DIR/checkpoints/{last,base,final}.pt. Works under `torchrun --nproc_per_node N -m bilayer train`.
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset folder written by `bilayer preprocess`")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints/, tb/, log.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
-    p.add_argument("--init", metavar="CHECKPOINT",
+    p.add_argument("--weights", metavar="CHECKPOINT",
                    help="start a new run from the networks of this checkpoint (fine-tuning; e.g. the demo model)")
     p.add_argument("--stop-after", type=int, metavar="N", help="save and stop after N iterations (resume later)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bilayer.config import to_dict
     from bilayer.errors import InputError
+    from bilayer.io.files import check_output_folder
     from bilayer.training import distributed
     from bilayer.training.config import load_train_config
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.data or not args.out:
         raise InputError("--data and --out are required (unless --dry-run)")
+    check_output_folder(args.out)
     if args.stop_after is not None and args.stop_after < 1:
         raise InputError(f"--stop-after must be >= 1, got {args.stop_after}")
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from bilayer.training.loop import Trainer, TrainingDiverged
 
     try:
-        trainer = Trainer(cfg, open_dataset(args.data, cfg), args.out, resume=args.resume, init=args.init)
+        trainer = Trainer(cfg, open_dataset(args.data, cfg), args.out, resume=args.resume, weights_from=args.weights)
         trainer.run(args.stop_after)
     except TrainingDiverged as e:
         print(f"bilayer train: error: {e}", file=sys.stderr)

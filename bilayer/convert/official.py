@@ -22,16 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bilayer.checkpoint import FORMAT, VERSION, atomic_save
 from bilayer.config import ModelConfig, from_dict, to_dict
 from bilayer.errors import InputError
 from bilayer.io.files import check_output_file
-from bilayer.nets import BilayerModel
+from bilayer.nets import NETWORKS, BilayerModel, Discriminator
 from bilayer.nets.projector import Projector, head_key
 
-#: Their network name -> the child of `BilayerModel` it becomes.
-NETWORKS = {
+#: Their network name -> ours (a network of `BilayerModel`, or the discriminator).
+THEIR_NETWORKS = {
     "identity_embedder": "embedder",
     "texture_generator": "texture_generator",
     "keypoints_embedder": "inference_generator",
@@ -39,7 +40,7 @@ NETWORKS = {
     "texture_enhancer": "updater",
     "discriminator": "discriminator",
 }
-BASE_NETWORKS = ("identity_embedder", "texture_generator", "keypoints_embedder", "inference_generator")
+THEIR_BASE = ("identity_embedder", "texture_generator", "keypoints_embedder", "inference_generator")
 #: Their projectors predict from a 32 x 32 x channel_mult view of each embedding (`bottleneck_size`).
 BOTTLENECK = 1024
 
@@ -122,7 +123,7 @@ class OfficialRun:
 
     def latest_epoch(self, networks: tuple[str, ...]) -> int:
         """The last epoch with a file for every network in `networks`."""
-        pattern = re.compile(rf"^(\d+)_({'|'.join(NETWORKS)})\.pth$")
+        pattern = re.compile(rf"^(\d+)_({'|'.join(THEIR_NETWORKS)})\.pth$")
         saved: dict[int, set[str]] = {}
         for f in (self.path / "checkpoints").glob("*.pth"):
             m = pattern.match(f.name)
@@ -188,7 +189,7 @@ def model_config(base: OfficialRun, enhancer: OfficialRun | None = None, align_c
     if "folder_postfix" in a and not any(s in str(a["folder_postfix"]) for s in ("2d", "3d")):
         raise InputError(f"{base.path / 'args.txt'}: folder_postfix={a['folder_postfix']!r} selects their ArcSoft "
                          f"keypoints; only the 68-point (2d/3d) landmark image is supported")
-    _check_spectral_norm(base, BASE_NETWORKS)
+    _check_spectral_norm(base, THEIR_BASE)
     size, keypoints = _int(base, "image_size"), _int(base, "num_keypoints")
     if keypoints != 68 or _int(base, "pse_in_channels") != 2 * keypoints:
         raise InputError(f"{base.path / 'args.txt'}: num_keypoints={keypoints}, pse_in_channels="
@@ -268,8 +269,19 @@ def _projector(theirs: str, ours: str, projector: Projector) -> dict[str, str]:
             for k, group in enumerate(projector.groups) for j, t in enumerate(group) for layer in range(3)}
 
 
-def module_map(model: BilayerModel) -> dict[str, dict[str, str]]:
-    """Per network of theirs: their module path -> ours (relative to `NETWORKS[network]`)."""
+def our_networks(cfg: ModelConfig) -> nn.Module:
+    """Our five networks of `cfg` under the names our checkpoints use: BilayerModel's and the
+    discriminator."""
+    model, networks = BilayerModel(cfg), nn.Module()
+    for name in NETWORKS:
+        networks.add_module(name, getattr(model, name))
+    networks.add_module("discriminator", Discriminator(cfg))
+    return networks
+
+
+def module_map(model: nn.Module) -> dict[str, dict[str, str]]:
+    """Per network of theirs: their module path -> ours (relative to `THEIR_NETWORKS[network]`);
+    `model`: `our_networks`."""
     k = len(model.texture_generator.decoder.blocks)
     embedder = {"net.enc.0": "stem"}
     for i in range(len(model.embedder.down)):
@@ -309,11 +321,11 @@ SPECIAL = {"texture_generator": {"gen_tex_input": "input"}, "inference_generator
 TENSORS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked", *LEAVES}
 
 
-def map_state(state: dict[str, torch.Tensor], network: str, modules: dict[str, str], model: BilayerModel,
+def map_state(state: dict[str, torch.Tensor], network: str, modules: dict[str, str], model: nn.Module,
               path: Path) -> dict[str, torch.Tensor]:
     """Their state dict of `network` -> ours (full keys); unknown tensors and constants that are
     not what our model computes are one-line errors naming `path`."""
-    prefix, special = NETWORKS[network], SPECIAL.get(network, {})
+    prefix, special = THEIR_NETWORKS[network], SPECIAL.get(network, {})
     out, unknown = {}, []
     for key, value in state.items():
         if key in special:
@@ -321,7 +333,8 @@ def map_state(state: dict[str, torch.Tensor], network: str, modules: dict[str, s
                 out[f"{prefix}.{special[key]}"] = value
             elif value.shape != model.inference_generator.grid0.shape or not torch.allclose(
                     value, model.inference_generator.grid0, atol=1e-6):
-                raise InputError(f"{path}: {key} is not the identity sampling grid of a {model.cfg.image_size}-px model")
+                size = model.inference_generator.grid0.shape[1]
+                raise InputError(f"{path}: {key} is not the identity sampling grid of a {size}-px model")
             continue
         module, _, leaf = key.rpartition(".")
         if module in modules and leaf in TENSORS:
@@ -355,10 +368,10 @@ def convert(base: str | Path, out: str | Path, enhancer: str | Path | None = Non
     base_run = OfficialRun.open(base)
     enh_run = OfficialRun.open(enhancer) if enhancer is not None else None
     cfg = model_config(base_run, enh_run, align_corners)
-    model = BilayerModel(cfg)
+    model = our_networks(cfg)
 
-    epoch = base_run.latest_epoch(BASE_NETWORKS) if epoch is None else epoch
-    files = [(base_run, epoch, name) for name in BASE_NETWORKS]
+    epoch = base_run.latest_epoch(THEIR_BASE) if epoch is None else epoch
+    files = [(base_run, epoch, name) for name in THEIR_BASE]
     if enh_run is not None:
         enhancer_epoch = enh_run.latest_epoch(("texture_enhancer",)) if enhancer_epoch is None else enhancer_epoch
         files.append((enh_run, enhancer_epoch, "texture_enhancer"))
@@ -372,21 +385,26 @@ def convert(base: str | Path, out: str | Path, enhancer: str | Path | None = Non
     for run, e, name in files:
         path = run.checkpoint(e, name)
         state.update(map_state(run.state_dict(e, name), name, modules[name], model, path))
-    networks = sorted({NETWORKS[name] for _, _, name in files})
+    networks = sorted({THEIR_NETWORKS[name] for _, _, name in files})
     sources: dict[str, list[Path]] = {}
     for run, e, name in files:
-        sources.setdefault(NETWORKS[name], []).append(run.checkpoint(e, name))
+        sources.setdefault(THEIR_NETWORKS[name], []).append(run.checkpoint(e, name))
     _check_complete(state, model, sources)
 
     meta = {
-        "stage": "converted", "networks": networks, "updater_trained": enh_run is not None,
+        "stage": "converted", "networks": [n for n in networks if n in NETWORKS],
+        "updater_trained": enh_run is not None,
         "converted_from": {name: str(run.checkpoint(e, name)) for run, e, name in files},
     }
-    atomic_save({"format": FORMAT, "version": VERSION, "model_config": to_dict(cfg), "model": state, "meta": meta}, out)
+    prefix = "discriminator."
+    discriminator = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    weights = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    atomic_save({"format": FORMAT, "version": VERSION, "model_config": to_dict(cfg), "model": weights, "meta": meta,
+                 **({"discriminator": discriminator} if discriminator else {})}, out)
     return Converted(out, cfg, networks, meta["converted_from"])
 
 
-def _check_complete(state: dict[str, torch.Tensor], model: BilayerModel, sources: dict[str, list[Path]]) -> None:
+def _check_complete(state: dict[str, torch.Tensor], model: nn.Module, sources: dict[str, list[Path]]) -> None:
     """Every tensor of each converted network of ours (`sources`: ours -> their files) is there,
     with our shape."""
     expected = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in sources}

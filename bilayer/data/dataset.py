@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,43 +19,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bilayer.data.augment import apply_color, color_matrix
 from bilayer.config import Profile
+from bilayer.data.augment import apply_color, color_matrix
+from bilayer.data.config import DatasetConfig
+from bilayer.data.frame import Frame, Pair
 from bilayer.data.landmarks import draw_profile_landmarks, flip_keypoints
 from bilayer.data.store import ClipReader, ClipRecord, DatasetStore
 from bilayer.errors import InputError
-
-Split = Literal["train", "test", "all"]
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    image_size: int = 256  # frames are stored at 256 and resized on load when smaller
-    min_gap: int = 0  # |target - source| in stored frames, at least ...
-    max_gap: int | None = None  # ... and at most (None: anywhere in the clip)
-    flip_probability: float = 0.5  # horizontal flip of both frames; never on the test split
-    # One random colour transform for both frames of a pair (augment.py; not in the paper: for
-    # data with few identities); never on the test split. 0: off.
-    hue_jitter: float = 0.0  # degrees, at most 180
-    saturation_jitter: float = 0.0  # relative, below 1
-    brightness_jitter: float = 0.0  # relative, below 1
-    test_fraction: float = 0.05  # fraction of identities held out
-    seed: int | None = None  # None: fresh randomness; an int makes item i of epoch e reproducible
-    # The landmark image style of the MODEL trained or evaluated on the pairs (config.Profile). Data
-    # of another profile still loads, with a warning: its keypoints follow another convention.
-    profile: Profile = "bilayer"
-
-    def __post_init__(self) -> None:
-        if self.min_gap < 0 or (self.max_gap is not None and self.max_gap < self.min_gap):
-            raise ValueError(f"need 0 <= min_gap <= max_gap, got {self.min_gap}, {self.max_gap}")
-        if not 0 <= self.test_fraction <= 1 or not 0 <= self.flip_probability <= 1:
-            raise ValueError("test_fraction and flip_probability must be in [0, 1]")
-        if not (0 <= self.hue_jitter <= 180 and 0 <= self.saturation_jitter < 1 and 0 <= self.brightness_jitter < 1):
-            raise ValueError("need hue_jitter in [0, 180] degrees, saturation_jitter and brightness_jitter in [0, 1)")
-
-    @property
-    def color_jitter(self) -> bool:
-        return bool(self.hue_jitter or self.saturation_jitter or self.brightness_jitter)
 
 
 def identity_split(identity: str, test_fraction: float) -> Literal["train", "test"]:
@@ -66,31 +35,28 @@ def identity_split(identity: str, test_fraction: float) -> Literal["train", "tes
 
 
 class PairDataset(Dataset):
-    """Item i: a random (source, target) pair of clip i as a dict of tensors
+    """Item i: a random `Pair` (source and target `Frame`) of clip i, at `image_size`, with the
+    landmark images of `profile` (the model's preprocessing, config.Profile). Clips with fewer
+    than min_gap + 1 frames are left out. `seed` None: fresh randomness; an int makes item i of
+    epoch e reproducible (call `set_epoch(e)`)."""
 
-        {source,target}_image      (3, S, S) float32 in [-1, 1]
-        {source,target}_keypoints  (68, 2)   float32 in [-1, 1] (x, y), grid_sample convention
-        {source,target}_landmarks  (3, S, S) float32 in [-1, 1], the landmark image
-        {source,target}_mask       (1, S, S) float32 in [0, 1]
-
-    with S = cfg.image_size. Clips with fewer than min_gap + 1 frames are left out.
-    """
-
-    def __init__(self, root: str | Path, split: Split = "train", cfg: DatasetConfig = DatasetConfig()):
-        self.root, self.split, self.cfg = Path(root), split, cfg
+    def __init__(self, root: str | Path, cfg: DatasetConfig = DatasetConfig(), *, image_size: int = 256,
+                 profile: Profile = "bilayer", seed: int | None = None):
+        self.root, self.cfg = Path(root), cfg
+        self.image_size, self.profile, self.seed = image_size, profile, seed
         if not (self.root / "manifest.jsonl").exists():
             raise InputError(f"{self.root}: not a dataset (no manifest.jsonl; run `bilayer preprocess`)")
         store = DatasetStore(self.root)
         self.clips: list[ClipRecord] = [
-            c for c in store.clips() if c.num_frames > cfg.min_gap and split in ("all", self.clip_split(c))
+            c for c in store.clips() if c.num_frames > cfg.min_gap and cfg.split in ("all", self.clip_split(c))
         ]
         if not self.clips:
-            raise InputError(f"{self.root}: no clips in split {split!r} (test_fraction {cfg.test_fraction}, "
+            raise InputError(f"{self.root}: no clips in split {cfg.split!r} (test_fraction {cfg.test_fraction}, "
                              f"min_gap {cfg.min_gap})")
         data_profile = store.profile()
-        if data_profile != cfg.profile:
+        if data_profile != profile:
             print(f"warning: {self.root}: data of profile {data_profile!r} read for a model of profile "
-                  f"{cfg.profile!r} (keypoints and landmark images less faithful)", file=sys.stderr)
+                  f"{profile!r} (keypoints and landmark images less faithful)", file=sys.stderr)
         self.epoch = 0
 
     def clip_split(self, clip: ClipRecord) -> str:
@@ -102,51 +68,54 @@ class PairDataset(Dataset):
         return {c.identity for c in self.clips}
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw different pairs each epoch when cfg.seed is set (call it like DistributedSampler's)."""
+        """Draw different pairs each epoch when a seed is set (call it like DistributedSampler's)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def _rng(self, index: int) -> np.random.Generator:
-        if self.cfg.seed is None:
+        if self.seed is None:
             return np.random.default_rng()
-        return np.random.default_rng([self.cfg.seed, self.epoch, index])
+        return np.random.default_rng([self.seed, self.epoch, index])
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, index: int) -> Pair:
         clip, rng, cfg = self.clips[index], self._rng(index), self.cfg
         last = clip.num_frames - 1
         gap = int(rng.integers(cfg.min_gap, min(last, cfg.max_gap if cfg.max_gap is not None else last) + 1))
         first = int(rng.integers(0, last - gap + 1))
         source, target = (first, first + gap) if rng.random() < 0.5 else (first + gap, first)
-        augment = self.split != "test"  # train or all
+        augment = cfg.split != "test"  # train or all
         flip = augment and rng.random() < cfg.flip_probability
-        out: dict[str, Tensor] = {}
         with ClipReader(self.root / clip.file) as reader:
             keypoints = reader.array("keypoints")  # (T, 68, 2)
-            for role, i in (("source", source), ("target", target)):
-                out.update(self._frame(reader, keypoints[i], i, flip, role))
+            pair = Pair(self._frame(reader, keypoints[source], source, flip),
+                        self._frame(reader, keypoints[target], target, flip))
         if augment and cfg.color_jitter:
             matrix = color_matrix(rng, cfg.hue_jitter, cfg.saturation_jitter, cfg.brightness_jitter)
-            for role in ("source", "target"):
-                out[f"{role}_image"] = apply_color(out[f"{role}_image"], matrix)
-        return out
+            pair = Pair(*(f._replace(image=apply_color(f.image, matrix)) for f in pair))
+        return pair
 
-    def _frame(self, reader: ClipReader, keypoints: np.ndarray, i: int, flip: bool, role: str) -> dict[str, Tensor]:
-        s = self.cfg.image_size
+    def frame(self, clip: ClipRecord, i: int) -> Frame:
+        """Stored frame `i` of `clip` as it is (no augmentation): (3, S, S), (68, 2), ..."""
+        with ClipReader(self.root / clip.file) as reader:
+            return self._frame(reader, reader.array("keypoints")[i], i, False)
+
+    def _frame(self, reader: ClipReader, keypoints: np.ndarray, i: int, flip: bool) -> Frame:
+        s = self.image_size
         image = _decode(reader.jpeg(i), cv2.IMREAD_COLOR, s, f"{reader.path}: frame {i}")[..., ::-1]  # (S, S, 3) RGB
         mask = _decode(reader.mask_png(i), cv2.IMREAD_GRAYSCALE, s, f"{reader.path}: mask {i}")  # (S, S)
         if flip:
             # Exact mirror for our keypoints ((x + 0.5) / S * 2 - 1); official ones (x / S * 2 - 1)
             # mirror to -x - 2 / S, so there the flipped keypoints sit 1 px at 256 right of the face.
             image, mask, keypoints = image[:, ::-1], mask[:, ::-1], flip_keypoints(keypoints)
-        landmarks = draw_profile_landmarks(keypoints, s, self.cfg.profile)  # (S, S, 3) uint8
-        return {
-            f"{role}_image": _to_tensor(image),
-            f"{role}_keypoints": torch.from_numpy(np.ascontiguousarray(keypoints, np.float32)),
-            f"{role}_landmarks": _to_tensor(landmarks),
-            f"{role}_mask": torch.from_numpy(mask.astype(np.float32) / 255)[None],
-        }
+        landmark_image = draw_profile_landmarks(keypoints, s, self.profile)  # (S, S, 3) uint8
+        return Frame(
+            image=_to_tensor(image),
+            landmark_image=_to_tensor(landmark_image),
+            keypoints=torch.from_numpy(np.ascontiguousarray(keypoints, np.float32)),
+            mask=torch.from_numpy(mask.astype(np.float32) / 255)[None],
+        )
 
 
 def _decode(data: bytes, flags: int, size: int, what: str) -> np.ndarray:

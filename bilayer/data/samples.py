@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bilayer.data.preprocess.native import quiet_stderr
+from bilayer.io.native import quiet_stderr
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ training sample reads only its two frames:
     frame_index.npy         (T,) int32 index of each kept frame in the source
 
 Crash safety: a clip is written to tmp/, fsynced and moved into its shard with os.replace; only
-then is its manifest line appended (one write of one line with O_APPEND under an flock, then fsync).
+then is its manifest line appended (one write of one line with O_APPEND under an flock, then fsync:
+`bilayer.io.files.append_line`). A full disk stops the run with a one-line `DiskFull` and leaves
+neither the clip's temp file nor a torn line behind.
 A `kill -9` therefore loses at most the clips in progress; a resumed run skips every input whose
 (source, size, mtime_ns) already has a manifest line. Shards are the first two hex digits of the
 SHA-1 of the clip id (like git's object store): deterministic whatever the number of workers or
@@ -27,6 +29,7 @@ the order of completion, and ~550 clips per shard for VoxCeleb2's 140k clips.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -42,7 +45,7 @@ import numpy as np
 
 from bilayer.config import check_recorded_settings, read_recorded_settings
 from bilayer.errors import InputError
-from bilayer.io.files import write_json
+from bilayer.io.files import append_line, disk_full_error, write_json
 
 MANIFEST, SKIPPED, SHARDS, TMP = "manifest.jsonl", "skipped.jsonl", "shards", "tmp"
 SETTINGS = "settings.json"  # the preprocessing config every clip of the dataset was made with
@@ -127,16 +130,9 @@ def clip_file_for(clip_id: str) -> str:
     return f"{SHARDS}/{hashlib.sha1(clip_id.encode()).hexdigest()[:2]}/{clip_id}.zip"
 
 
-def _append_line(path: Path, obj: dict) -> None:
-    """Append one JSON line atomically with respect to other processes and crashes."""
-    line = (json.dumps(obj, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)  # releases the lock
+def _append_record(path: Path, obj: dict) -> None:
+    """Append one JSON line atomically with respect to other processes, crashes and a full disk."""
+    append_line(path, json.dumps(obj, sort_keys=True) + "\n")
 
 
 def _read_records(path: Path, record: type[R]) -> Iterator[R]:
@@ -179,8 +175,9 @@ class DatasetStore:
 
     def prepare(self) -> None:
         """Create the folders, repair torn lines and drop temp files of dead writers."""
-        (self.root / TMP).mkdir(parents=True, exist_ok=True)
-        (self.root / SHARDS).mkdir(exist_ok=True)
+        with disk_full_error(self.root, 0):
+            (self.root / TMP).mkdir(parents=True, exist_ok=True)
+            (self.root / SHARDS).mkdir(exist_ok=True)
         for name in (MANIFEST, SKIPPED):
             _repair_tail(self.root / name)
         for tmp in (self.root / TMP).glob("*.zip"):
@@ -219,10 +216,10 @@ class DatasetStore:
         return {s.key: s for s in _read_records(self.root / SKIPPED, SkipRecord)}
 
     def add_clip(self, record: ClipRecord) -> None:
-        _append_line(self.root / MANIFEST, asdict(record))
+        _append_record(self.root / MANIFEST, asdict(record))
 
     def add_skip(self, record: SkipRecord) -> None:
-        _append_line(self.root / SKIPPED, asdict(record))
+        _append_record(self.root / SKIPPED, asdict(record))
 
     def tmp_path(self, clip_id: str) -> Path:
         return self.root / TMP / f"{clip_id}-{os.getpid()}.zip"
@@ -239,36 +236,56 @@ def _pid_alive(pid: int) -> bool:
 
 
 class ClipWriter:
-    """Streams the frames of one clip into a temp ZIP; `commit` moves it into place atomically."""
+    """Streams the frames of one clip into a temp ZIP; `commit` moves it into place atomically.
+    A failed write removes the temp file; a full disk is a `DiskFull` naming the clip file."""
 
     def __init__(self, tmp_path: Path, final_path: Path):
         self.tmp_path, self.final_path = tmp_path, final_path
-        self._zip = zipfile.ZipFile(tmp_path, "w", zipfile.ZIP_STORED)
+        with disk_full_error(final_path, 0):
+            self._zip = zipfile.ZipFile(tmp_path, "w", zipfile.ZIP_STORED)
         self.num_frames = 0
+        self.bytes = 0  # given to the ZIP so far
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Writes to the temp file: any failure removes it; a full disk is a `DiskFull` (about the
+        clip's bytes so far needed: a lower bound)."""
+        try:
+            with disk_full_error(self.final_path, lambda: self.bytes):
+                yield
+        except BaseException:
+            self.abort()
+            raise
 
     def _write(self, name: str, data: bytes) -> None:
+        self.bytes += len(data)  # counted first: a full disk's message includes the failed write
         # A fixed member date keeps the file a pure function of its content (reproducible runs).
         self._zip.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
     def add_frame(self, jpeg: bytes, mask_png: bytes) -> None:
-        self._write(f"frames/{self.num_frames:06d}.jpg", jpeg)
-        self._write(f"masks/{self.num_frames:06d}.png", mask_png)
+        with self._writing():
+            self._write(f"frames/{self.num_frames:06d}.jpg", jpeg)
+            self._write(f"masks/{self.num_frames:06d}.png", mask_png)
         self.num_frames += 1
 
     def commit(self, arrays: ClipArrays) -> None:
-        for name, value in asdict(arrays).items():
-            buf = io.BytesIO()
-            np.save(buf, value)
-            self._write(f"{name}.npy", buf.getvalue())
-        self._zip.close()
-        with open(self.tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        self.final_path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp_path, self.final_path)
+        with self._writing():
+            for name, value in asdict(arrays).items():
+                buf = io.BytesIO()
+                np.save(buf, value)
+                self._write(f"{name}.npy", buf.getvalue())
+            self._zip.close()
+            with open(self.tmp_path, "rb") as f:
+                os.fsync(f.fileno())
+            self.final_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp_path, self.final_path)
 
     def abort(self) -> None:
-        self._zip.close()
+        """Remove the temp file (again: nothing happens). The ZIP is closed without caring whether
+        finishing it works: its file is gone, and the disk may be full."""
         self.tmp_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._zip.close()
 
 
 class ClipReader:

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bilayer.data.dataset import DatasetConfig, PairDataset, Split
+from bilayer.data.config import DatasetConfig, Split
+from bilayer.data.dataset import PairDataset
+from bilayer.data.frame import Frame
 from bilayer.data.store import ClipReader, ClipRecord
 from bilayer.errors import InputError
 from bilayer.metrics.registry import PairMetric
@@ -60,8 +62,8 @@ MASK_MODES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class EvalConfig:
-    split: Split = "test"
-    test_fraction: float = DatasetConfig.test_fraction  # must match the training run's split
+    split: Split = "test"  # `evaluation_split` chooses it for a checkpoint and a dataset
+    test_fraction: float = DatasetConfig.test_fraction  # the training run's, for its test split
     max_clips: int | None = 50  # the paper's 50 test videos, one per identity
     clips_per_identity: int = 1  # more for test sets with few identities
     target_rate: float = 1.0  # targets per second of video (1 FPS)
@@ -170,8 +172,19 @@ def select_clips(dataset: PairDataset, max_clips: int | None, per_identity: int 
     return clips[:max_clips] if max_clips is not None else clips
 
 
-def _stack(frames: list[dict[str, Tensor]], key: str) -> Tensor:
-    return torch.stack([f[key] for f in frames])
+def evaluation_split(meta: dict, data: str | Path) -> tuple[Split, float, str]:
+    """(split, test_fraction, why) for a checkpoint's metadata and the dataset `data`: the run's
+    test split when `data` is the dataset it was trained on (its identities held out by the
+    run's test_fraction, or by the data's recorded splits), every clip otherwise."""
+    trained_on, data_cfg = meta.get("dataset"), meta.get("train_config", {}).get("data", {})
+    test_fraction = data_cfg.get("test_fraction", DatasetConfig.test_fraction)
+    if trained_on is None:
+        return "all", test_fraction, "the checkpoint does not record its training data: every clip"
+    if Path(trained_on) != Path(data).resolve():
+        return "all", test_fraction, f"not the checkpoint's training data ({trained_on}): every clip"
+    if data_cfg.get("split") == "all":
+        return "all", test_fraction, "the checkpoint's training data, trained on every clip: every clip (none unseen)"
+    return "test", test_fraction, f"the checkpoint's training data: its test split (test_fraction {test_fraction:g})"
 
 
 @torch.no_grad()
@@ -179,21 +192,18 @@ def evaluate(
     model: BilayerModel, data: str | Path, metrics: dict[str, PairMetric], cfg: EvalConfig = EvalConfig()
 ) -> Evaluation:
     """Run the protocol on the `cfg.split` clips of dataset `data` with the given metrics."""
-    dataset = PairDataset(data, cfg.split, DatasetConfig(
-        image_size=model.cfg.image_size, flip_probability=0.0, test_fraction=cfg.test_fraction,
-        profile=model.cfg.preprocessing))
+    dataset = PairDataset(data, DatasetConfig(split=cfg.split, test_fraction=cfg.test_fraction),
+                          image_size=model.cfg.image_size, profile=model.cfg.preprocessing)
     clips = select_clips(dataset, cfg.max_clips, cfg.clips_per_identity)
     avatar = Avatar(model)
     names = [*metrics, *(SSIM_REGIONS if "ssim" in metrics else ()), "mask_iou"]
     result = Evaluation(scores={m: {name: [] for name in names} for m in METHODS})
     for clip in clips:
         with ClipReader(dataset.root / clip.file) as reader:
-            keypoints = reader.array("keypoints")  # (T, 68, 2)
             indices = target_frames(reader.array("frame_index"), clip.fps, cfg.target_rate)
-            if not indices:
-                continue
-            source = dataset._frame(reader, keypoints[0], 0, False, "source")
-            targets = [dataset._frame(reader, keypoints[i], i, False, "target") for i in indices]
+        if not indices:
+            continue
+        source, targets = dataset.frame(clip, 0), [dataset.frame(clip, i) for i in indices]
         batch = _run_clip(avatar, clip.clip_id, source, targets, result, cfg)
         background = background_windows(batch.target_mask)  # (T, H - 10, W - 10)
         outputs = (("ours", batch.ours, batch.ours_mask), ("copy_source", batch.source, batch.source_mask))
@@ -219,32 +229,29 @@ def _cut(mask: Tensor, threshold: float | None) -> Tensor:
     return mask if threshold is None else (mask >= threshold).to(mask.dtype)
 
 
-def _run_clip(
-    avatar: Avatar, clip_id: str, source: dict[str, Tensor], targets: list[dict[str, Tensor]], result: Evaluation,
-    cfg: EvalConfig,
-) -> PairBatch:
-    """Init the avatar on the source, render every target one frame at a time (both timed; the
-    first clip is run once untimed before, so one-off allocation costs stay out of the medians),
-    then cut the images as `cfg.mask` says, every mask cut at `cfg.mask_threshold` first."""
-    init_args = (source["source_image"][None], source["source_landmarks"][None],
-                 source["source_keypoints"][None], source["source_mask"][None])
+def _run_clip(avatar: Avatar, clip_id: str, source: Frame, targets: list[Frame], result: Evaluation,
+              cfg: EvalConfig) -> PairBatch:
+    """Initialize the avatar from the source, render every target one frame at a time (both
+    timed; the first clip is run once untimed before, so one-off allocation costs stay out of the
+    medians), then cut the images as `cfg.mask` says, every mask cut at `cfg.mask_threshold` first."""
     if not result.init_ms:
-        avatar.init(*init_args)
-        avatar.render(targets[0]["target_keypoints"][None])
+        avatar.initialize(source.batch())
+        avatar.render(targets[0].keypoints[None])
     start = time.perf_counter()
-    avatar.init(*init_args)
+    avatar.initialize(source.batch())
     result.init_ms.append(1000 * (time.perf_counter() - start))
+    target = Frame(*(torch.stack(fields) for fields in zip(*targets)))  # (T, ...) each
     images, masks = [], []
-    for target in targets:
+    for keypoints in target.keypoints:
         start = time.perf_counter()
-        image, mask = avatar.render(target["target_keypoints"][None])  # (1, 3, H, W), (1, 1, H, W)
+        image, mask = avatar.render(keypoints[None])  # (1, 3, H, W), (1, 1, H, W)
         result.inference_ms.append(1000 * (time.perf_counter() - start))
         images.append(image)
         masks.append(mask)
     n = len(targets)
     predicted = _cut(torch.cat(masks), cfg.mask_threshold)  # (T, 1, H, W)
-    target_mask = _cut(_stack(targets, "target_mask"), cfg.mask_threshold)
-    source_mask = _cut(source["source_mask"], cfg.mask_threshold).expand(n, -1, -1, -1)
+    target_mask = _cut(target.mask, cfg.mask_threshold)
+    source_mask = _cut(source.mask, cfg.mask_threshold).expand(n, -1, -1, -1)
     cut_ours, cut_source, cut_target = {
         "own": (predicted, source_mask, target_mask),
         "target": (target_mask, target_mask, target_mask),
@@ -252,10 +259,10 @@ def _run_clip(
     }[cfg.mask]
     return PairBatch(
         clip_id=clip_id,
-        source=apply_mask(source["source_image"].expand(n, -1, -1, -1), cut_source),
-        target=apply_mask(_stack(targets, "target_image"), cut_target),
+        source=apply_mask(source.image.expand(n, -1, -1, -1), cut_source),
+        target=apply_mask(target.image, cut_target),
         target_mask=target_mask,
-        target_keypoints=_stack(targets, "target_keypoints"),
+        target_keypoints=target.keypoints,
         ours=apply_mask(torch.cat(images), cut_ours),
         ours_mask=predicted,
         source_mask=source_mask,

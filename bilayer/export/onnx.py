@@ -14,6 +14,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from bilayer.data.frame import Frame
 from bilayer.errors import InputError
 from bilayer.io.files import atomic_path
 from bilayer.metrics.psnr import psnr
@@ -83,8 +84,9 @@ def export(checkpoint: str | Path | None, out: str | Path, source: str | Path | 
     else:
         model, _ = load_model(checkpoint)
         avatar = Avatar(model)
-        s = model.cfg.image_size
-        avatar.init(torch.zeros(1, 3, s, s), torch.full((1, 3, s, s), -1.0))  # shapes only
+        s = model.cfg.image_size  # an avatar of a blank source: the graph's shapes only
+        avatar.initialize(Frame(torch.zeros(1, 3, s, s), torch.full((1, 3, s, s), -1.0), torch.zeros(1, 68, 2),
+                                torch.ones(1, 1, s, s)))
         anchor = np.zeros((68, 2), np.float32)
     keypoints = motion_samples(anchor, 4)  # (4, 68, 2)
 

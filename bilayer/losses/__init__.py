@@ -9,12 +9,11 @@ from bilayer.losses.adversarial import (
     generator_hinge,
     relativistic_scores,
 )
-from bilayer.losses.objective import Frame, GeneratorLosses, LossWeights, Objective, warp_weight
+from bilayer.losses.objective import GeneratorLosses, LossWeights, Objective, warp_weight
 from bilayer.losses.perceptual import PerceptualNet, perceptual_l1
 from bilayer.losses.reconstruction import mask_bce, pixel_l1, warp_regularizer
 
 __all__ = [
-    "Frame",
     "GeneratorLosses",
     "LossWeights",
     "Objective",

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from bilayer.losses.adversarial import discriminator_hinge, feature_matching, generator_hinge
 from bilayer.losses.perceptual import perceptual_l1
 from bilayer.losses.reconstruction import mask_bce, pixel_l1, warp_regularizer
+from bilayer.data.frame import Frame
 from bilayer.nets import Rendered, apply_mask
 
 
@@ -54,16 +55,6 @@ def warp_weight(weights: LossWeights, iteration: int) -> float:
 
 
 @dataclass
-class Frame:
-    """A ground-truth frame of a batch."""
-
-    image: Tensor  # (B, 3, H, W) in [-1, 1]
-    landmarks: Tensor  # (B, 3, H, W) landmark image in [-1, 1]
-    keypoints: Tensor  # (B, 68, 2) in [-1, 1]
-    mask: Tensor  # (B, 1, H, W) in [0, 1]
-
-
-@dataclass
 class GeneratorLosses:
     terms: dict[str, Tensor]  # name -> weighted scalar; the phase loss is their sum
     real: Tensor  # (B, 3, H, W) masked target, what D sees as real
@@ -87,7 +78,7 @@ class Objective(nn.Module):
         terms: dict[str, Tensor] = {}
         if w.adversarial or w.feature_matching:
             # Real and fake in one call so D's BatchNorm sees both (App. A.2).
-            d = discriminator(torch.cat([real, fake]), torch.cat([target.landmarks, target.landmarks]))
+            d = discriminator(torch.cat([real, fake]), torch.cat([target.landmark_image, target.landmark_image]))
             real_scores, fake_scores = d.scores.chunk(2)  # (B, 1, H_s, W_s) each
             if w.adversarial:
                 terms["adversarial"] = w.adversarial * generator_hinge(real_scores.detach(), fake_scores)
@@ -108,9 +99,10 @@ class Objective(nn.Module):
             terms["mask"] = w.mask * mask_bce(out.mask_logit, target.mask)
         return GeneratorLosses(terms, real, fake)
 
-    def discriminator(self, discriminator: nn.Module, real: Tensor, fake: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
+    def discriminator(self, discriminator: nn.Module, real: Tensor, fake: Tensor,
+                      landmark_image: Tensor) -> dict[str, Tensor]:
         """Weighted L_adv^D (Eq. 12) on masked real and (detached) masked fake images."""
-        d = discriminator(torch.cat([real, fake.detach()]), torch.cat([landmarks, landmarks]))
+        d = discriminator(torch.cat([real, fake.detach()]), torch.cat([landmark_image, landmark_image]))
         real_scores, fake_scores = d.scores.chunk(2)
         return {"adversarial": self.weights.adversarial * discriminator_hinge(real_scores, fake_scores)}
 

@@ -28,15 +28,15 @@ class Discriminator(nn.Module):
         super().__init__()
         sn, slope, eps = cfg.spectral_norm, cfg.leaky_slope, cfg.bn_eps
         ch = cfg.encoder_channels(cfg.dis_channels, cfg.dis_max_channels, cfg.dis_output_size)
-        self.stem = conv(3 + cfg.landmark_channels, ch[0], 3, sn)
-        blocks = [ResBlock(a, b, True, True, slope, sn, eps) for a, b in zip(ch[:-1], ch[1:])]
-        blocks.append(ResBlock(ch[-1], ch[-1], False, True, slope, sn, eps))
+        self.stem = conv(3 + cfg.landmark_channels, ch[0], 3, sn=sn)
+        blocks = [ResBlock(a, b, down=True, norm=True, slope=slope, sn=sn, eps=eps) for a, b in zip(ch[:-1], ch[1:])]
+        blocks.append(ResBlock(ch[-1], ch[-1], norm=True, slope=slope, sn=sn, eps=eps))
         self.blocks = nn.ModuleList(blocks)
-        self.out = nn.Sequential(nn.BatchNorm2d(ch[-1], eps=eps), nn.LeakyReLU(slope), conv(ch[-1], 1, 1, sn))
+        self.out = nn.Sequential(nn.BatchNorm2d(ch[-1], eps=eps), nn.LeakyReLU(slope), conv(ch[-1], 1, 1, sn=sn))
 
-    def forward(self, image: Tensor, landmarks: Tensor) -> DiscriminatorOutput:
-        """image, landmarks: (B, 3, H, W) in [-1, 1]."""
-        x = self.stem(torch.cat([image, landmarks], dim=1))
+    def forward(self, image: Tensor, landmark_image: Tensor) -> DiscriminatorOutput:
+        """image, landmark_image: (B, 3, H, W) in [-1, 1]."""
+        x = self.stem(torch.cat([image, landmark_image], dim=1))
         features = []
         for block in self.blocks:
             x, f = block.forward_with_features(x)

@@ -24,27 +24,27 @@ class Embedder(nn.Module):
         super().__init__()
         sn, slope = cfg.spectral_norm, cfg.leaky_slope
         enc = cfg.encoder_channels(cfg.emb_channels, cfg.emb_max_channels, cfg.embedding_size)
-        self.stem = conv(3 + cfg.landmark_channels, enc[0], 3, sn)
-        self.down = nn.Sequential(*[ResBlock(a, b, True, False, slope, sn) for a, b in zip(enc[:-1], enc[1:])])
+        self.stem = conv(3 + cfg.landmark_channels, enc[0], 3, sn=sn)
+        self.down = nn.Sequential(*[ResBlock(a, b, down=True, slope=slope, sn=sn) for a, b in zip(enc[:-1], enc[1:])])
         outs = cfg.embedding_channels
         self.blocks = nn.ModuleList(
-            ResBlock(a, b, False, False, slope, sn) for a, b in zip([enc[-1]] + outs[:-1], outs)
+            ResBlock(a, b, slope=slope, sn=sn) for a, b in zip([enc[-1]] + outs[:-1], outs)
         )
         self.tap, self.average = cfg.embedding_tap, cfg.source_average
 
-    def forward(self, image: Tensor, landmarks: Tensor, mask: Tensor | None = None) -> list[Tensor]:
-        """image, landmarks: (B, [N,] 3, H, W) in [-1, 1]; mask: (B, [N,] 1, H, W) in [0, 1].
+    def forward(self, image: Tensor, landmark_image: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+        """image, landmark_image: (B, [N,] 3, H, W) in [-1, 1]; mask: (B, [N,] 1, H, W) in [0, 1].
 
         Returns K embeddings (B, C_k, 8, 8), averaged over the N source frames when given.
         """
         multi = image.dim() == 5
         if multi:
             b, n = image.shape[:2]
-            image, landmarks = image.flatten(0, 1), landmarks.flatten(0, 1)
+            image, landmark_image = image.flatten(0, 1), landmark_image.flatten(0, 1)
             mask = mask.flatten(0, 1) if mask is not None else None
         if mask is not None:
             image = apply_mask(image, mask)
-        x = self.down(self.stem(torch.cat([image, landmarks], dim=1)))  # (B*N, 512, 8, 8)
+        x = self.down(self.stem(torch.cat([image, landmark_image], dim=1)))  # (B*N, 512, 8, 8)
         if multi and self.average == "encoder":
             x, multi = x.unflatten(0, (b, n)).mean(1), False  # (B, 512, 8, 8)
         embeddings = []

@@ -51,17 +51,17 @@ class InferenceGenerator(nn.Module):
         dims = [2 * cfg.num_keypoints] + [cfg.kp_hidden] * (cfg.kp_layers - 1) + [ch[0] * s0 * s0]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(linear(a, b, sn))
+            layers.append(linear(a, b, sn=sn))
             if i < len(dims) - 2:
                 layers.append(nn.LeakyReLU(cfg.leaky_slope))
         self.mlp = nn.Sequential(*layers)
         self.decoder = AdaptiveDecoder(
-            ch, s0, lambda c, size: AdaptiveBatchNorm(c, cfg.bn_eps), make_skip_factory(cfg.ada_skip, sn),
+            ch, s0, lambda c, size: AdaptiveBatchNorm(c, cfg.bn_eps), make_skip_factory(adaptive=cfg.ada_skip, sn=sn),
             upsample_first=False, slope=cfg.leaky_slope, sn=sn, eps=cfg.bn_eps,
         )
-        self.head_lf = conv(ch[-1], 3, 3, sn)
-        self.head_warp = conv(ch[-1], 2, 3, sn)
-        self.head_mask = conv(ch[-1], 1, 3, sn)
+        self.head_lf = conv(ch[-1], 3, 3, sn=sn)
+        self.head_warp = conv(ch[-1], 2, 3, sn=sn)
+        self.head_mask = conv(ch[-1], 1, 3, sn=sn)
         self.projector = Projector(projection_groups(self.decoder.block_specs(), cfg.projection_layout),
                                    cfg.embedding_channels, cfg.projection_hidden, cfg.inf_projection_size, sn)
         self.register_buffer("grid0", identity_grid(cfg.image_size, cfg.image_size), persistent=False)

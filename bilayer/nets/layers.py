@@ -37,12 +37,12 @@ def with_sn(module: nn.Module, enabled: bool) -> nn.Module:
     return spectral_norm(module) if enabled else module
 
 
-def conv(cin: int, cout: int, k: int = 3, sn: bool = True, bias: bool = True) -> nn.Module:
+def conv(cin: int, cout: int, k: int = 3, *, sn: bool = True, bias: bool = True) -> nn.Module:
     """`k x k` convolution with 'same' padding."""
     return with_sn(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias), sn)
 
 
-def linear(cin: int, cout: int, sn: bool = True) -> nn.Module:
+def linear(cin: int, cout: int, *, sn: bool = True) -> nn.Module:
     return with_sn(nn.Linear(cin, cout), sn)
 
 
@@ -88,9 +88,9 @@ class AdaptiveConv1x1(AdaptiveModule):
 class Conv1x1(AdaptiveModule):
     """Plain (non-adaptive) 1x1 conv with the adaptive call signature (baseline skips)."""
 
-    def __init__(self, cin: int, cout: int, sn: bool = True):
+    def __init__(self, cin: int, cout: int, *, sn: bool = True):
         super().__init__()
-        self.conv = conv(cin, cout, 1, sn)
+        self.conv = conv(cin, cout, 1, sn=sn)
 
     def forward(self, x: Tensor, params: Params) -> Tensor:
         return self.conv(x)
@@ -182,6 +182,7 @@ class UpBlock(nn.Module):
         norm1: AdaptiveModule,
         norm2: AdaptiveModule,
         skip: AdaptiveModule,
+        *,
         upsample_first: bool,
         slope: float,
         sn: bool,
@@ -190,8 +191,8 @@ class UpBlock(nn.Module):
         super().__init__()
         self.upsample_first = upsample_first
         self.norm1, self.norm2, self.skip = norm1, norm2, skip
-        self.conv1 = conv(cin, cout, 3, sn, bias=not pixel_bias)
-        self.conv2 = conv(cout, cout, 3, sn, bias=not pixel_bias)
+        self.conv1 = conv(cin, cout, 3, sn=sn, bias=not pixel_bias)
+        self.conv2 = conv(cout, cout, 3, sn=sn, bias=not pixel_bias)
         out_size = 2 * size
         conv1_size = out_size if upsample_first else size
         self.bias1 = PixelwiseBias(cout, conv1_size) if pixel_bias else nn.Identity()
@@ -226,14 +227,15 @@ class ResBlock(nn.Module):
     conv, i.e. after the second nonlinearity) feed D's feature matching (Fig. 13).
     """
 
-    def __init__(self, cin: int, cout: int, down: bool, norm: bool, slope: float, sn: bool, eps: float = 1e-5):
+    def __init__(self, cin: int, cout: int, *, down: bool = False, norm: bool = False, slope: float = 0.2,
+                 sn: bool = True, eps: float = 1e-5):
         super().__init__()
         self.down = down
         make_norm = (lambda c: nn.BatchNorm2d(c, eps=eps)) if norm else (lambda c: nn.Identity())
         self.norm1, self.norm2 = make_norm(cin), make_norm(cout)
-        self.conv1 = conv(cin, cout, 3, sn)
-        self.conv2 = conv(cout, cout, 3, sn)
-        self.skip = conv(cin, cout, 1, sn) if (cin != cout or down) else nn.Identity()
+        self.conv1 = conv(cin, cout, 3, sn=sn)
+        self.conv2 = conv(cout, cout, 3, sn=sn)
+        self.skip = conv(cin, cout, 1, sn=sn) if (cin != cout or down) else nn.Identity()
         self.act = nn.LeakyReLU(slope)
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -252,11 +254,11 @@ class ResBlock(nn.Module):
 class UpResBlock(nn.Module):
     """Non-adaptive upsampling residual block without normalization (texture updater, Fig. 14)."""
 
-    def __init__(self, cin: int, cout: int, slope: float, sn: bool):
+    def __init__(self, cin: int, cout: int, *, slope: float, sn: bool):
         super().__init__()
-        self.conv1 = conv(cin, cout, 3, sn)
-        self.conv2 = conv(cout, cout, 3, sn)
-        self.skip = conv(cin, cout, 1, sn)
+        self.conv1 = conv(cin, cout, 3, sn=sn)
+        self.conv2 = conv(cout, cout, 3, sn=sn)
+        self.skip = conv(cin, cout, 1, sn=sn)
         self.act = nn.LeakyReLU(slope)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -278,6 +280,7 @@ class AdaptiveDecoder(nn.Module):
         input_size: int,
         make_norm: NormFactory,
         make_skip: SkipFactory,
+        *,
         upsample_first: bool,
         slope: float,
         sn: bool,
@@ -291,7 +294,7 @@ class AdaptiveDecoder(nn.Module):
             norm1 = BatchNorm(cin, eps) if i == 0 else make_norm(cin, size)
             self.blocks.append(
                 UpBlock(cin, cout, size, norm1, make_norm(cout, 2 * size), make_skip(cin, cout),
-                        upsample_first, slope, sn, pixel_bias)
+                        upsample_first=upsample_first, slope=slope, sn=sn, pixel_bias=pixel_bias)
             )
             size *= 2
         self.out_norm = make_norm(channels[-1], size)
@@ -309,7 +312,7 @@ class AdaptiveDecoder(nn.Module):
         return self.act(self.out_norm(x, sub_params(params[-1], "out_norm")))
 
 
-def make_skip_factory(adaptive: bool, sn: bool) -> SkipFactory:
+def make_skip_factory(*, adaptive: bool, sn: bool) -> SkipFactory:
     if adaptive:
         return AdaptiveConv1x1
-    return lambda cin, cout: Conv1x1(cin, cout, sn)
+    return lambda cin, cout: Conv1x1(cin, cout, sn=sn)

@@ -1,8 +1,11 @@
-"""The bi-layer model (Sec. 3.1, Fig. 2): the five networks and the two phases of their use.
+"""The bi-layer model (Sec. 3.1, Fig. 2): the four networks of an avatar and the phases of their use.
 
 * `initialize` (once per avatar): E -> embeddings -> adaptive params of G and G_tex -> texture.
+* `refine` (once per avatar): M learned-gradient-descent steps of G_upd on the texture (Sec. 3.3, Eq. 7).
 * `render` (per frame): G(keypoints) -> LF + warp + mask; output = LF + texture warped (Eq. 1).
-* `enhance`: M learned-gradient-descent steps of G_upd on the texture (Sec. 3.3, Eq. 7).
+
+The discriminator (`nets.discriminator`) is a training-only network: it lives beside the model in
+the trainer and in training checkpoints, not in it.
 """
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bilayer.config import ModelConfig
-from bilayer.nets.discriminator import Discriminator
 from bilayer.nets.embedder import Embedder
 from bilayer.nets.inference_generator import InferenceGenerator
 from bilayer.nets.layers import Params, apply_mask
@@ -50,6 +52,12 @@ def warp_texture(texture: Tensor, grid: Tensor, align_corners: bool = False) -> 
     return F.grid_sample(texture, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
 
 
+#: The networks of an avatar, by attribute of `BilayerModel` (the names checkpoints use): those of
+#: the base stage, then the texture updater.
+BASE_NETWORKS = ("embedder", "texture_generator", "inference_generator")
+NETWORKS = (*BASE_NETWORKS, "updater")
+
+
 class BilayerModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -58,11 +66,11 @@ class BilayerModel(nn.Module):
         self.texture_generator = TextureGenerator(cfg)
         self.inference_generator = InferenceGenerator(cfg)
         self.updater = TextureUpdater(cfg)
-        self.discriminator = Discriminator(cfg)
 
-    def initialize(self, source_image: Tensor, source_landmarks: Tensor, source_mask: Tensor | None = None) -> AvatarState:
-        """source_image, source_landmarks: (B, [N,] 3, H, W); mask (B, [N,] 1, H, W) or None."""
-        embeddings = self.embedder(source_image, source_landmarks, source_mask)
+    def initialize(self, source_image: Tensor, source_landmark_image: Tensor,
+                   source_mask: Tensor | None = None) -> AvatarState:
+        """source_image, source_landmark_image: (B, [N,] 3, H, W); mask (B, [N,] 1, H, W) or None."""
+        embeddings = self.embedder(source_image, source_landmark_image, source_mask)
         return AvatarState(
             inference_params=self.inference_generator.adaptive_params(embeddings),
             texture=self.texture_generator(embeddings),
@@ -74,7 +82,8 @@ class BilayerModel(nn.Module):
         hf = warp_texture(state.texture, out.grid, self.cfg.align_corners)
         return Rendered(out.lf + hf, out.lf, hf, out.mask_logit, out.grid, out.warp_delta)
 
-    def enhance(self, state: AvatarState, source_keypoints: Tensor, source_image: Tensor, steps: int | None = None) -> AvatarState:
+    def refine(self, state: AvatarState, source_keypoints: Tensor, source_image: Tensor,
+               steps: int | None = None) -> AvatarState:
         """Refine the texture with G_upd, guided by L_upd = cfg.guide_loss_scale x the sum of
         squares on the SOURCE frame's foreground: rendering and source both cut with the mask
         predicted at the source pose (Sec. 3.4, as every image loss; the released code's

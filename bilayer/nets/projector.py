@@ -71,7 +71,7 @@ class Projector(nn.Module):
                 if flat % t.rows:
                     raise ValueError(f"embedding of {c}x{size}x{size} cannot be viewed as {t.rows} rows ({t.name})")
                 heads[head_key(k, t)] = nn.Sequential(
-                    linear(flat // t.rows, width, sn), linear(width, width, sn), linear(width, t.cols, sn)
+                    linear(flat // t.rows, width, sn=sn), linear(width, width, sn=sn), linear(width, t.cols, sn=sn)
                 )
             self.heads.append(heads)
 

@@ -34,11 +34,11 @@ class TextureGenerator(nn.Module):
 
         self.input = nn.Parameter(torch.randn(1, ch[0], s0, s0))  # learned input tensor
         self.decoder = AdaptiveDecoder(
-            ch, s0, make_norm, make_skip_factory(cfg.ada_skip, cfg.spectral_norm),
+            ch, s0, make_norm, make_skip_factory(adaptive=cfg.ada_skip, sn=cfg.spectral_norm),
             upsample_first=True, slope=cfg.leaky_slope, sn=cfg.spectral_norm, eps=cfg.bn_eps,
             pixel_bias=not cfg.ada_spade,
         )
-        self.head = conv(ch[-1], 3, 3, cfg.spectral_norm)
+        self.head = conv(ch[-1], 3, 3, sn=cfg.spectral_norm)
         self.projector = Projector(projection_groups(self.decoder.block_specs(), cfg.projection_layout), ch[1:],
                                    cfg.projection_hidden, cfg.tex_projection_size, cfg.spectral_norm)
 

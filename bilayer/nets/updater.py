@@ -22,12 +22,12 @@ class TextureUpdater(nn.Module):
         chans = [cfg.upd_channels]
         while chans[-1] < cfg.upd_max_channels:
             chans.append(min(2 * chans[-1], cfg.upd_max_channels))
-        self.stem = conv(6, chans[0], 3, sn)
-        self.down = nn.Sequential(*[ResBlock(a, b, True, False, slope, sn) for a, b in zip(chans[:-1], chans[1:])])
-        self.body = nn.Sequential(*[ResBlock(chans[-1], chans[-1], False, False, slope, sn) for _ in range(cfg.upd_num_blocks)])
+        self.stem = conv(6, chans[0], 3, sn=sn)
+        self.down = nn.Sequential(*[ResBlock(a, b, down=True, slope=slope, sn=sn) for a, b in zip(chans[:-1], chans[1:])])
+        self.body = nn.Sequential(*[ResBlock(chans[-1], chans[-1], slope=slope, sn=sn) for _ in range(cfg.upd_num_blocks)])
         rev = chans[::-1]
-        self.up = nn.Sequential(*[UpResBlock(a, b, slope, sn) for a, b in zip(rev[:-1], rev[1:])])
-        self.out = nn.Sequential(nn.LeakyReLU(slope), conv(chans[0], 3, 3, sn))
+        self.up = nn.Sequential(*[UpResBlock(a, b, slope=slope, sn=sn) for a, b in zip(rev[:-1], rev[1:])])
+        self.out = nn.Sequential(nn.LeakyReLU(slope), conv(chans[0], 3, 3, sn=sn))
         self.steps = cfg.upd_steps
 
     def forward(self, texture: Tensor, grad: Tensor) -> Tensor:

@@ -98,7 +98,7 @@ class ResBlock(nn.Module):
     and skips through 2x2 average pooling; channel or size mismatches are zero-padded (`add_padded`).
     """
 
-    def __init__(self, cin: int, cout: int, down: bool):
+    def __init__(self, cin: int, cout: int, *, down: bool = False):
         super().__init__()
         self.down = down
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=2 if down else 1, padding=0 if down else 1)
@@ -122,7 +122,7 @@ class DlibFaceResNet(nn.Module):
         self.affine = Affine(32)
         blocks, cin = [], 32
         for cout, n, down in LEVELS:
-            level = [ResBlock(cin, cout, down)] + [ResBlock(cout, cout, False) for _ in range(n - 1)]
+            level = [ResBlock(cin, cout, down=down)] + [ResBlock(cout, cout) for _ in range(n - 1)]
             blocks.append(nn.Sequential(*level))
             cin = cout
         self.levels = nn.ModuleList(blocks)

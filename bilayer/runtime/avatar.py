@@ -1,7 +1,7 @@
 """Tensor-level avatar (Sec. 3.1, Fig. 2; App. A.3): initialization once, then per-frame rendering.
 
-`init` runs everything identity-specific exactly once: the embedder, the adaptive parameters of
-both generators, the texture, the updater's M steps (when source keypoints are given), then folds
+`initialize` runs everything identity-specific exactly once, from the source `Frame`: the
+embedder, the adaptive parameters of both generators, the texture, the updater's M steps, then folds
 the inference generator with this avatar's parameters into a static `FrameNet` (adaptive params
 merged into plain conv/BN, spectral norm removed, App. A.3) and prepares the chosen backend.
 `render` runs only that network and one texture lookup.
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bilayer.data.frame import Frame
 from bilayer.errors import InputError
 from bilayer.nets import AvatarState, BilayerModel
 from bilayer.runtime.backends import Runner, make_runner
@@ -52,42 +53,34 @@ class Avatar:
         model, _ = load_model(checkpoint)
         face = crop_source(photo, model.cfg.image_size, model.cfg.preprocessing)
         avatar = cls(model, backend, precision)
-        x = face.tensors()
-        avatar.init(x["image"], x["landmarks"], x["keypoints"], x["mask"])
+        avatar.initialize(face.frame())
         avatar.source_face = face
         return avatar
 
     @torch.no_grad()
-    def init(
-        self,
-        source_image: Tensor,
-        source_landmark_image: Tensor,
-        source_keypoints: Tensor | None = None,
-        source_mask: Tensor | None = None,
-    ) -> AvatarState:
-        """source_image, source_landmark_image: (1, 3, H, W) in [-1, 1] (or (1, N, 3, H, W) for N
-        source frames); source_keypoints: (1, 68, 2) in [-1, 1] enables the texture updater;
-        source_mask: (1, 1, H, W) in [0, 1] blanks the source background for the embedder."""
-        self._check_image(source_image, "source_image")
-        self._check_image(source_landmark_image, "source_landmark_image")
+    def initialize(self, source: Frame) -> AvatarState:
+        """source: the photo as a batch of one `Frame`: image and landmark image (1, 3, H, W) in
+        [-1, 1], keypoints (1, 68, 2) in [-1, 1] (they guide the texture updater), mask
+        (1, 1, H, W) in [0, 1] (blanks the background for the embedder; ones: none). Or N source
+        frames (1, N, ...), averaged by the embedder; the first guides the updater."""
+        self._check_image(source.image, "source image")
+        self._check_image(source.landmark_image, "source landmark image")
         device = next(self.model.parameters()).device
-        inputs = (source_image, source_landmark_image, source_keypoints, source_mask)
-        image, landmarks, keypoints, mask = (None if t is None else t.to(device) for t in inputs)
-        state = self.model.initialize(image, landmarks, mask)
-        if keypoints is not None:
-            image = image if image.dim() == 4 else image[:, 0]  # the updater is guided by one frame
-            keypoints = self._check_keypoints(keypoints if keypoints.dim() == 3 else keypoints[:, 0])
-            if self.model.cfg.upd_steps > 0:
-                state = self.model.enhance(state, keypoints, image)
-            rendered = self.model.render(keypoints, state)
-            self.source_keypoints, self.source_render = keypoints, (rendered.image, rendered.mask)
+        image, landmark_image, keypoints, mask = source.to(device)
+        state = self.model.initialize(image, landmark_image, mask)
+        if image.dim() == 5:  # the updater is guided by one frame
+            image, keypoints = image[:, 0], keypoints[:, 0]
+        keypoints = self._check_keypoints(keypoints)
+        if self.model.cfg.upd_steps > 0:
+            state = self.model.refine(state, keypoints, image)
+        rendered = self.model.render(keypoints, state)
+        self.source_keypoints, self.source_render = keypoints, (rendered.image, rendered.mask)
         self.state = state
         self.frame_net = fold_generator(self.model.inference_generator, state.inference_params, state.texture,
                                         self.model.cfg.align_corners)
         calibration = None
         if self.precision == "int8":  # activation ranges from poses around the source's
-            anchor = np.zeros((68, 2), np.float32) if keypoints is None else keypoints[0].cpu().numpy()
-            calibration = motion_samples(anchor, 32)
+            calibration = motion_samples(keypoints[0].cpu().numpy(), 32)
         self._runner = make_runner(self.frame_net, self.backend, self.precision, calibration)
         return state
 
@@ -95,7 +88,7 @@ class Avatar:
         """keypoints: (B, 68, 2) or (68, 2) in [-1, 1] -> image (B, 3, H, W) in [-1, 1], mask
         (B, 1, H, W) in [0, 1]."""
         if self._runner is None:
-            raise RuntimeError("Avatar.render called before Avatar.init")
+            raise RuntimeError("Avatar.render called before Avatar.initialize")
         keypoints = torch.as_tensor(keypoints, dtype=torch.float32)
         if keypoints.dim() == 2:
             keypoints = keypoints[None]

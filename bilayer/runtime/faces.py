@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from bilayer.config import Profile
+from bilayer.data.frame import Frame
 from bilayer.data.landmarks import landmark_image
 from bilayer.errors import InputError
 
@@ -33,17 +33,17 @@ class SourceFace:
     mask: np.ndarray  # (S, S) float32 in [0, 1]
     profile: Profile = "bilayer"  # how the crop, keypoints and mask were made, and the landmark image
 
-    def tensors(self) -> dict[str, Tensor]:
-        """Model inputs: image and landmark image (1, 3, S, S) in [-1, 1], keypoints (1, 68, 2),
-        mask (1, 1, S, S)."""
+    def frame(self) -> Frame:
+        """The model's input: a batch of one `Frame` (image and landmark image (1, 3, S, S) in
+        [-1, 1], keypoints (1, 68, 2), mask (1, 1, S, S))."""
         s = self.image.shape[0]
         keypoints = torch.from_numpy(self.keypoints)[None]
-        return {
-            "image": torch.from_numpy(self.image).permute(2, 0, 1)[None].float() / 127.5 - 1,
-            "landmarks": landmark_image(keypoints, s, self.profile),
-            "keypoints": keypoints,
-            "mask": torch.from_numpy(self.mask)[None, None].float(),
-        }
+        return Frame(
+            image=torch.from_numpy(self.image).permute(2, 0, 1)[None].float() / 127.5 - 1,
+            landmark_image=landmark_image(keypoints, s, self.profile),
+            keypoints=keypoints,
+            mask=torch.from_numpy(self.mask)[None, None].float(),
+        )
 
 
 def annotator(size: int, with_mask: bool, profile: Profile = "bilayer", crop: CropMode = "smoothed") -> FaceAnnotator:
@@ -55,7 +55,7 @@ def annotator(size: int, with_mask: bool, profile: Profile = "bilayer", crop: Cr
 
 def read_photo(photo: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB; one-line InputError naming the file when it cannot be decoded."""
-    from bilayer.data.preprocess.media import IMAGE_EXTENSIONS, MediaReader
+    from bilayer.io.media import IMAGE_EXTENSIONS, MediaReader
 
     path = Path(photo)
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -66,10 +66,16 @@ def read_photo(photo: str | Path) -> np.ndarray:
 
 def crop_source(photo: str | Path | np.ndarray, size: int, profile: Profile = "bilayer") -> SourceFace:
     """Detect the main face of a photo, crop it like the training data of `profile` (official: the
-    released code's exact rule), keypoints and mask."""
+    released code's exact rule), keypoints and mask. A one-line InputError when no face is found
+    or it is smaller than MIN_FACE_SIZE (the preprocessing's minimum: a smaller face gives no
+    usable avatar)."""
+    from bilayer.data.preprocess.geometry import MIN_FACE_SIZE
+
     frame = photo if isinstance(photo, np.ndarray) else read_photo(photo)
     found = annotator(size, with_mask=True, profile=profile, crop="exact")(frame)
+    name = "photo" if isinstance(photo, np.ndarray) else str(photo)
     if found is None:
-        name = "photo" if isinstance(photo, np.ndarray) else str(photo)
         raise InputError(f"{name}: no face found")
+    if found.face.size < MIN_FACE_SIZE:
+        raise InputError(f"{name}: face too small ({found.face.size:.0f} px, at least {MIN_FACE_SIZE:.0f} px)")
     return SourceFace(found.image, found.keypoints, found.mask, profile)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from bilayer.checkpoint import resolve_checkpoint
 from bilayer.config import Profile
+from bilayer.data.landmarks import draw_profile_landmarks
 from bilayer.errors import InputError
 from bilayer.io.images import to_uint8
 from bilayer.io.video import check_output_path, open_video
@@ -84,7 +85,7 @@ class AnimateResult:
 @dataclass
 class DriverFrame:
     keypoints: np.ndarray | None  # (68, 2) in [-1, 1] or None when no face was found
-    view: np.ndarray  # (S, S, 3) uint8 RGB driver panel for --side-by-side (crop or stickman)
+    view: np.ndarray  # (S, S, 3) uint8 RGB driver panel for --side-by-side (crop or landmark image)
 
 
 def load_keypoint_track(path: str | Path) -> np.ndarray:
@@ -109,7 +110,7 @@ def track_video(path: Path, size: int, max_frames: int | None, profile: Profile 
                 driver_crop: str = "smoothed") -> tuple[float, Iterator[DriverFrame]]:
     """(fps, frames): the driver's face keypoints in `profile`'s convention, tracked online with
     one smoothed crop (or `driver_crop="exact"`: each frame's own)."""
-    from bilayer.data.preprocess.media import MediaReader
+    from bilayer.io.media import MediaReader
     from bilayer.runtime.faces import annotator
 
     reader = MediaReader(path, max_frames=max_frames)
@@ -155,14 +156,6 @@ def record_track(video: str | Path, max_frames: int | None = None, progress: boo
         last = last if k is None else k
         track.append(last)
     return fps, np.stack(track).astype(np.float32), sum(k is None for k in found)
-
-
-def stickman(keypoints: np.ndarray, size: int, profile: Profile = "bilayer") -> np.ndarray:
-    """The landmark image of `profile` of (68, 2) normalized keypoints, (S, S, 3) uint8 (driver
-    panel of a track)."""
-    from bilayer.data.landmarks import draw_profile_landmarks
-
-    return draw_profile_landmarks(keypoints, size, profile)
 
 
 def _centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -219,7 +212,7 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
     if track is not None:
         fps = options.fps
         frames: Iterator[DriverFrame] = (
-            DriverFrame(k, stickman(k, size, profile)) for k in track[: options.max_frames]
+            DriverFrame(k, draw_profile_landmarks(k, size, profile)) for k in track[: options.max_frames]
         )
         total = len(track[: options.max_frames])
     else:

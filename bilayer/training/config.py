@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bilayer.config import PRESETS, ConfigError, ModelConfig, from_dict, read_yaml, to_dict, with_overrides
+from bilayer.data.config import DatasetConfig
 from bilayer.losses import LossWeights
 
 
@@ -59,27 +60,13 @@ class PerceptualConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Training pairs (bilayer.data.dataset.PairDataset); frames are loaded at model.image_size."""
-
-    split: Literal["train", "all"] = "train"  # identities held out by test_fraction are never seen
-    test_fraction: float = 0.05
-    min_gap: int = 0  # |target - source| in frames, at least ...
-    max_gap: int | None = None  # ... and at most (None: anywhere in the clip)
-    flip_probability: float = 0.5
-    hue_jitter: float = 0.0  # pair-consistent colour augmentation (bilayer/data/augment.py): degrees
-    saturation_jitter: float = 0.0  # relative
-    brightness_jitter: float = 0.0  # relative
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     model_size: Literal["small", "medium", "large", "baseline"] = "medium"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DatasetConfig = field(default_factory=DatasetConfig)  # training pairs, at model.image_size
     # Batch sizes of the paper (Sec. 3.5); it does not report iteration counts.
     base: StageConfig = field(default_factory=lambda: StageConfig(iterations=500_000, batch_size=48))
     updater: StageConfig = field(default_factory=lambda: StageConfig(iterations=100_000, batch_size=32))
@@ -102,6 +89,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.data.split == "test":
+            raise ValueError("data.split must be train or all: the test split's identities are held out")
         if (self.updater.iterations > 0 or self.joint_updater) and self.model.upd_steps < 1:
             # With M = 0 the updater stage has nothing to train (its loss has no gradient).
             raise ValueError(

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from bilayer.data.frame import Pair
 from bilayer.errors import InputError
-from bilayer.losses import Frame
 from bilayer.training.config import TrainConfig
 
 _MIX = 1_000_003  # mixes (seed, epoch, index) into one per-item seed
@@ -84,8 +84,9 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
-def stream(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, start: int, workers: int, pin: bool) -> Iterator[dict]:
-    """Endless iterator of batches (dicts of stacked tensors) for this rank."""
+def stream(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, start: int, workers: int,
+           pin: bool) -> Iterator[Pair]:
+    """Endless iterator of batches (the dataset's items collated: `Pair`s of batched `Frame`s) for this rank."""
     sampler = StreamSampler(len(dataset), seed, rank, world, start)
     # Own generator: creating the iterator draws the workers' base seed, not from the global RNG.
     loader = DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
@@ -94,23 +95,10 @@ def stream(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, 
     return iter(loader)
 
 
-def frame(batch: dict[str, torch.Tensor], which: str, device: torch.device) -> Frame:
-    """The `which` ("source" | "target") frame of a dataset batch, on `device`."""
-    try:
-        fields = {k: batch[f"{which}_{k}"].to(device, non_blocking=True) for k in ("image", "landmarks", "keypoints", "mask")}
-    except KeyError as e:
-        raise InputError(f"dataset items have no {e.args[0]!r} (keys: {', '.join(sorted(batch))})") from None
-    return Frame(**fields)
-
-
 def open_dataset(root: str | Path, cfg: TrainConfig) -> Dataset:
-    """The training pairs of a folder written by `bilayer preprocess`, at the model's resolution."""
-    from bilayer.data.dataset import DatasetConfig, PairDataset  # needs the `data` extra (OpenCV)
+    """The training pairs of a folder written by `bilayer preprocess`, at the model's resolution
+    and with the landmark images of its preprocessing profile."""
+    from bilayer.data.dataset import PairDataset  # needs the `data` extra (OpenCV)
 
-    d = cfg.data
-    return PairDataset(root, d.split, DatasetConfig(
-        image_size=cfg.model.image_size, min_gap=d.min_gap, max_gap=d.max_gap,
-        flip_probability=d.flip_probability, hue_jitter=d.hue_jitter, saturation_jitter=d.saturation_jitter,
-        brightness_jitter=d.brightness_jitter, test_fraction=d.test_fraction, seed=cfg.seed,
-        profile=cfg.model.preprocessing,
-    ))
+    return PairDataset(root, cfg.data, image_size=cfg.model.image_size, profile=cfg.model.preprocessing,
+                       seed=cfg.seed)

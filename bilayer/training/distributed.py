@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 
-def init(device: str = "auto") -> torch.device:
+def setup(device: str = "auto") -> torch.device:
     """Join the torchrun process group (if launched by torchrun) and return this process's device."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -10,10 +10,11 @@ optimizer step, keeping the last good checkpoint. Between the stages the generat
 statistics are replaced by standing statistics (App. A.1), so both `base.pt` and `final.pt` are
 inference checkpoints; `last.pt` carries the full training state (optimizers, grad scalers, RNG,
 stage and iteration) and `--resume` continues from it exactly: the data stream is a function of
-(seed, iteration) and the L_reg weight a function of the iteration. `init` starts a new run from
-another checkpoint's weights (fine-tuning): every network that checkpoint holds is copied, the
-others (e.g. the discriminator, which the shipped demo model leaves out) start fresh, and the
-optimizers, iteration counters and L_reg schedule start from zero.
+(seed, iteration) and the L_reg weight a function of the iteration. `weights_from` starts a new
+run from another checkpoint's weights (fine-tuning): every network that checkpoint holds is
+copied, the others (e.g. the discriminator, which the shipped demo model leaves out) start fresh,
+and the optimizers, iteration counters and L_reg schedule start from zero. The discriminator is
+the trainer's own network beside the avatar model (`BilayerModel`), saved beside it.
 
 With torchrun, each phase module is wrapped in DistributedDataParallel (gradients averaged over
 processes), BatchNorm layers become SyncBatchNorm on CUDA, and rank 0 alone logs and saves.
@@ -39,15 +40,18 @@ from tqdm import tqdm
 
 from bilayer.checkpoint import read_checkpoint, save_checkpoint, updater_trained
 from bilayer.config import config_changes, to_dict
+from bilayer.data.frame import Frame, Pair
 from bilayer.errors import InputError
-from bilayer.losses import Frame, Objective, warp_weight
-from bilayer.nets import BilayerModel
+from bilayer.io.files import atomic_path
+from bilayer.io.lock import FolderLock
+from bilayer.losses import Objective, warp_weight
+from bilayer.nets import BASE_NETWORKS, NETWORKS, BilayerModel, Discriminator
 from bilayer.training import distributed
 from bilayer.training.config import StageConfig, TrainConfig
-from bilayer.training.data import frame, stream
+from bilayer.training.data import stream
 from bilayer.training.log import RunLogger
 from bilayer.training.perceptual import perceptual_nets
-from bilayer.training.phases import BasePhase, DiscriminatorPhase, UpdaterPhase
+from bilayer.training.phases import BasePhase, DiscriminatorPhase, PhaseResult, UpdaterPhase
 from bilayer.training.state import rng_state, seed_all, set_rng_state
 from bilayer.training.stats import standing_statistics
 
@@ -81,29 +85,30 @@ def set_trainable(modules: list[nn.Module], flag: bool) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, dataset: Dataset | None, run_dir: str | Path, resume: bool = False,
-                 init: str | Path | None = None):
-        """`dataset` yields the pair dicts of `bilayer.data.dataset.PairDataset` (needed by `run`);
-        `init`: a checkpoint whose networks a new run starts from (not with `resume`)."""
+                 weights_from: str | Path | None = None):
+        """`dataset` yields the `Pair`s of `bilayer.data.dataset.PairDataset` (needed by `run`);
+        `weights_from`: a checkpoint whose networks a new run starts from (not with `resume`)."""
         self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
         self.last = self.run_dir / "checkpoints" / "last.pt"
         if not resume and self.last.exists():
             raise InputError(f"{self.last}: the run directory already has a checkpoint; pass --resume to continue it")
-        if resume and init is not None:
-            raise InputError(f"{init}: --init starts a new run, --resume continues {self.last}; pass one of them")
-        self.device = distributed.init(cfg.device)
+        if resume and weights_from is not None:
+            raise InputError(f"{weights_from}: --weights starts a new run, --resume continues {self.last}; "
+                             f"pass one of them")
+        self.device = distributed.setup(cfg.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         seed_all(cfg.seed)
-        model = BilayerModel(cfg.model)
-        if self.world > 1 and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # Sec. 3.5: synchronized BN
-        self.model = model.to(self.device)
+        model, discriminator = BilayerModel(cfg.model), Discriminator(cfg.model)
+        if self.world > 1 and self.device.type == "cuda":  # Sec. 3.5: synchronized BN
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+        self.model, self.discriminator = model.to(self.device), discriminator.to(self.device)
         imagenet, face, self.perceptual = perceptual_nets(cfg.perceptual, cfg.loss)
         self.objective = Objective(cfg.loss, imagenet, face).to(self.device).eval()
-        m = self.model
-        self.nets = {
-            "generators": [m.embedder, m.texture_generator, m.inference_generator],
-            "updater": [m.updater],
-            "discriminator": [m.discriminator],
+        self.nets = {  # optimizer groups
+            "generators": [getattr(self.model, name) for name in BASE_NETWORKS],
+            "updater": [self.model.updater],
+            "discriminator": [self.discriminator],
         }
         o = cfg.optim
         self.optimizers = {
@@ -116,11 +121,16 @@ class Trainer:
         self.budget: int | None = None  # iterations left before a --stop-after stop
         self.stop_requested = False
         self.signalled = False  # stopped by SIGINT/SIGTERM
-        self.init: dict[str, Any] | None = None  # {"checkpoint": path, "networks": [...]} of --init
-        if init is not None:
-            self._initialize(Path(init))
+        self.weights_from: dict[str, Any] | None = None  # {"checkpoint": path, "networks": [...], ...} of --weights
+        if weights_from is not None:
+            self._copy_weights(Path(weights_from))
         if resume:
             self._load(self.last)
+        # Rank 0 alone writes the run folder and locks it until `run` ends: a second run into it
+        # stops here with a one-line error, before writing anything.
+        self.lock = FolderLock(self.run_dir)
+        if self.rank == 0:
+            self.lock.acquire()
 
     # ----------------------------------------------------------------------------------------- run
 
@@ -130,6 +140,15 @@ class Trainer:
         `stop_after`: stop (saving last.pt) after this many iterations, e.g. to fit a job's time
         limit; `--resume` continues exactly where it stopped.
         """
+        if self.rank == 0:
+            self.lock.acquire()  # held since __init__, unless this trainer has run before
+        try:
+            return self._run(stop_after)
+        finally:
+            self.lock.release()  # however the run ends: finished, stopped, diverged, disk full
+
+    def _run(self, stop_after: int | None) -> Path:
+        """`run` with the run folder locked."""
         self.budget, self.stop_requested, self.signalled = stop_after, False, False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = RunLogger(self.run_dir, enabled=self.rank == 0)
@@ -142,7 +161,7 @@ class Trainer:
                         return self.last
                     self._finish_base()
                 self._run_stage("updater")
-                distributed.broadcast_buffers(self.model)  # D's last BN update was per process
+                distributed.broadcast_buffers(self.discriminator)  # D's last BN update was per process
                 if not self.stop_requested:
                     self._save("last.pt", training=True)
                     self._save("final.pt", training=False)
@@ -160,9 +179,10 @@ class Trainer:
         ]
         if self.world > 1 and self.device.type != "cuda":
             lines.append("SyncBatchNorm needs CUDA: BatchNorm statistics are per process on CPU")
-        if self.init is not None:
-            fresh = [name for name, _ in self.model.named_children() if name not in self.init["networks"]]
-            lines.append(f"networks from {self.init['checkpoint']}: {', '.join(self.init['networks'])}"
+        if self.weights_from is not None:
+            held = self.weights_from["networks"]
+            fresh = [name for name in (*NETWORKS, "discriminator") if name not in held]
+            lines.append(f"networks from {self.weights_from['checkpoint']}: {', '.join(held)}"
                          + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
         if self.progress.iteration or self.progress.stage != "base":
             lines.append(f"resuming from {self.last} at {self.progress.stage} iteration {self.progress.iteration}")
@@ -170,7 +190,9 @@ class Trainer:
             distributed.print0(f"bilayer train: {line}")
         self.log.text("run", "  \n".join(lines))
         if self.rank == 0:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            text = yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
+            with atomic_path(self.run_dir / "config.yaml", len(text.encode())) as tmp:
+                tmp.write_text(text)
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -196,11 +218,11 @@ class Trainer:
             raise InputError(f"batch_size {stage.batch_size} is not divisible by the {self.world} processes")
         return stage.batch_size // self.world
 
-    def _wrap(self, module: nn.Module, trainable: list[nn.Module], find_unused: bool) -> nn.Module:
+    def _wrap(self, module: nn.Module, trainable: list[nn.Module], *, find_unused: bool) -> nn.Module:
         """DDP over the phase module; only `trainable` parameters are registered for all-reduce."""
         if self.world == 1:
             return module
-        self.model.requires_grad_(False)
+        set_trainable([self.model, self.discriminator], False)
         set_trainable(trainable, True)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused)
@@ -210,6 +232,7 @@ class Trainer:
         base = name == "base"
         g_groups = (("generators", "updater") if self.cfg.joint_updater else ("generators",)) if base else ("updater",)
         self.model.train()
+        self.discriminator.train()
         if not base:  # frozen base networks: eval mode keeps their BN and SN buffers unchanged
             set_trainable(self.nets["generators"], False)
             for net in self.nets["generators"]:
@@ -218,9 +241,11 @@ class Trainer:
         # head) get no gradient, and DDP must look for them.
         w = self.cfg.loss
         find_unused = not all((w.adversarial, w.feature_matching, w.pixel, w.mask))
-        phase = BasePhase(self.model, self.objective, self.cfg.joint_updater) if base else UpdaterPhase(self.model, self.objective)
-        g_phase = self._wrap(phase, self._group_nets(g_groups), find_unused)
-        d_phase = self._wrap(DiscriminatorPhase(self.model.discriminator, self.objective), self.nets["discriminator"], False)
+        phase = (BasePhase(self.model, self.discriminator, self.objective, joint=self.cfg.joint_updater) if base
+                 else UpdaterPhase(self.model, self.discriminator, self.objective))
+        g_phase = self._wrap(phase, self._group_nets(g_groups), find_unused=find_unused)
+        d_phase = self._wrap(DiscriminatorPhase(self.discriminator, self.objective), self.nets["discriminator"],
+                             find_unused=False)
         return StagePhases(name, g_groups, g_phase, d_phase)
 
     def _group_nets(self, groups: tuple[str, ...]) -> list[nn.Module]:
@@ -238,8 +263,7 @@ class Trainer:
         count, tic = 0, time.perf_counter()
         while self.progress.iteration < stage.iterations:
             it = self.progress.iteration
-            batch = next(batches)
-            source, target = frame(batch, "source", self.device), frame(batch, "target", self.device)
+            source, target = next(batches).to(self.device, non_blocking=True)
             values, result = self.step(phases, source, target, it)
             self.progress.iteration = it = it + 1
             bar.update(1)
@@ -249,13 +273,11 @@ class Trainer:
             if it % cfg.log_every == 0 or it == stage.iterations:
                 means = {k: v / count for k, v in sums.items()}
                 means["it_per_s"] = count / (time.perf_counter() - tic)
-                if name == "base":
-                    means["warp_weight"] = warp_weight(cfg.loss, it - 1)
                 self.log.scalars(name, it, means)
                 bar.set_postfix(G=f"{means['G/total']:.3f}", D=f"{means['D/total']:.3f}")
                 sums, count, tic = {}, 0, time.perf_counter()
             if it % cfg.image_every == 0 or it == stage.iterations:
-                self.log.images(name, it, {"source": source.image, "target": target.image, **result["visuals"]})
+                self.log.images(name, it, {"source": source.image, "target": target.image, **result.visuals})
             if self.budget is not None:
                 self.budget -= 1
                 self.stop_requested |= self.budget <= 0
@@ -268,10 +290,11 @@ class Trainer:
         bar.close()
         del batches  # shuts the loader workers down
 
-    def step(self, phases: StagePhases, source: Frame, target: Frame, iteration: int) -> tuple[dict[str, float], dict]:
+    def step(self, phases: StagePhases, source: Frame, target: Frame,
+             iteration: int) -> tuple[dict[str, float], PhaseResult]:
         """One iteration (0-based `iteration` of the stage): G phase and D phase forward + backward,
-        NaN/Inf check, then both Adam steps. Returns the process-averaged loss terms and the G
-        phase's outputs (masked real/fake, visuals)."""
+        NaN/Inf check, then both Adam steps. Returns the process-averaged loss terms (and, in the
+        base stage, the L_reg weight used) and the G phase's outputs (masked real/fake, visuals)."""
         groups, g_phase, d_phase = phases.g_groups, phases.g_phase, phases.d_phase
         extra = {"warp": warp_weight(self.cfg.loss, iteration)} if phases.name == "base" else {}
         g_nets, d_nets = self._group_nets(groups), self.nets["discriminator"]
@@ -285,7 +308,7 @@ class Trainer:
         set_trainable(d_nets, False)
         with autocast:
             result = g_phase(source, target, **extra)
-        g_terms = result["losses"]
+        g_terms = result.losses
         for opt in g_opts:
             opt.zero_grad(set_to_none=True)
         g_scaler.scale(sum(g_terms.values())).backward()
@@ -293,7 +316,7 @@ class Trainer:
         set_trainable(g_nets, False)
         set_trainable(d_nets, True)
         with autocast:
-            d_terms = d_phase(result["real"], result["fake"], target.landmarks)
+            d_terms = d_phase(result.real, result.fake, target.landmark_image)
         d_opt.zero_grad(set_to_none=True)
         d_scaler.scale(sum(d_terms.values())).backward()
 
@@ -318,6 +341,8 @@ class Trainer:
         out = dict(zip(names, losses))
         out["G/total"] = sum(losses[: len(g_terms)])
         out["D/total"] = sum(losses[len(g_terms):])
+        if extra:
+            out["warp_weight"] = extra["warp"]
         return out, result
 
     # --------------------------------------------------------------------- stage end, checkpoints
@@ -330,9 +355,9 @@ class Trainer:
         batches = stream(self.dataset, self._per_rank_batch(cfg.base), cfg.seed + STREAM_SEEDS["stats"], self.rank,
                          self.world, 0, cfg.num_workers, self.device.type == "cuda")
 
-        def forward(batch: dict) -> None:
-            s, t = frame(batch, "source", self.device), frame(batch, "target", self.device)
-            m.render(t.keypoints, m.initialize(s.image, s.landmarks, s.mask))
+        def forward(batch: Pair) -> None:
+            s, t = batch.to(self.device, non_blocking=True)
+            m.render(t.keypoints, m.initialize(s.image, s.landmark_image, s.mask))
 
         n = standing_statistics(generators, batches, forward, cfg.standing_stats_batches)
         del batches
@@ -351,15 +376,16 @@ class Trainer:
             "world_size": self.world,
             "train_config": to_dict(self.cfg),
             "updater_trained": self._updater_trained(),
-            **({"init": self.init} if self.init is not None else {}),
+            **({"dataset": str(Path(self.dataset.root).resolve())} if hasattr(self.dataset, "root") else {}),
+            **({"weights_from": self.weights_from} if self.weights_from is not None else {}),
         }
 
     def _updater_trained(self) -> bool:
         """Whether G_upd has been trained: by this run (the updater stage, or the base stage with
-        joint_updater) or in the --init checkpoint it was copied from."""
+        joint_updater) or in the --weights checkpoint it was copied from."""
         p, joint = self.progress, self.cfg.joint_updater
         trained_here = (p.stage == "updater" and p.iteration > 0) or (joint and (p.stage != "base" or p.iteration > 0))
-        return trained_here or bool(self.init and self.init["updater_trained"])
+        return trained_here or bool(self.weights_from and self.weights_from["updater_trained"])
 
     def _save(self, name: str, training: bool) -> None:
         """Rank 0 writes checkpoints/<name> atomically; `training` adds the state to resume from."""
@@ -373,9 +399,9 @@ class Trainer:
                 "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
                 "rng": rng_state(),
             }
-        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self._meta(), **state)
+        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self._meta(), self.discriminator, **state)
 
-    def _initialize(self, path: Path) -> None:
+    def _copy_weights(self, path: Path) -> None:
         """Copy the weights of every network checkpoint `path` holds (any checkpoint: training,
         inference or the shipped demo model; float16 weights are cast to the run's float32)."""
         ckpt = read_checkpoint(path)
@@ -383,17 +409,21 @@ class Trainer:
         if changed:
             raise InputError(f"{path}: its model config differs from the run's ({'; '.join(changed)})")
         held = sorted({key.split(".")[0] for key in ckpt["model"]})
-        children = dict(self.model.named_children())
+        networks = {name: getattr(self.model, name) for name in NETWORKS}
+        states = {name: {k[len(name) + 1:]: v for k, v in ckpt["model"].items() if k.startswith(name + ".")}
+                  for name in held}
+        if "discriminator" in ckpt:
+            held.append("discriminator")
+            networks["discriminator"], states["discriminator"] = self.discriminator, ckpt["discriminator"]
         for name in held:
-            if name not in children:
+            if name not in networks:
                 raise InputError(f"{path}: holds an unknown network {name!r}")
             try:
-                children[name].load_state_dict({k[len(name) + 1:]: v for k, v in ckpt["model"].items()
-                                                if k.startswith(name + ".")})
+                networks[name].load_state_dict(states[name])
             except RuntimeError as e:
                 raise InputError(f"{path}: {name} does not match the model config ({str(e).splitlines()[0]})") from None
-        self.init = {"checkpoint": str(path), "networks": held,
-                     "updater_trained": "updater" in held and updater_trained(ckpt.get("meta", {}))}
+        self.weights_from = {"checkpoint": str(path), "networks": held,
+                             "updater_trained": "updater" in held and updater_trained(ckpt.get("meta", {}))}
 
     def _load(self, path: Path) -> None:
         ckpt = read_checkpoint(path)
@@ -402,7 +432,8 @@ class Trainer:
             raise InputError(f"{path}: not a training checkpoint (no {missing[0]!r}), it cannot be resumed")
         try:
             self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
+            self.discriminator.load_state_dict(ckpt["discriminator"])
+        except (RuntimeError, KeyError) as e:
             raise InputError(f"{path}: weights do not match the model config ({str(e).splitlines()[0]})") from None
         for k, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][k])
@@ -410,14 +441,14 @@ class Trainer:
             scaler.load_state_dict(ckpt["scalers"][k])
         set_rng_state(ckpt["rng"])
         self.progress = Progress(**ckpt["progress"])
-        self.init = ckpt["meta"].get("init")
+        self.weights_from = ckpt["meta"].get("weights_from")
         changed = config_changes(ckpt["meta"].get("train_config", {}), to_dict(self.cfg))
         if changed:
             distributed.print0(f"bilayer train: config differs from {path}: {'; '.join(changed)}")
 
 
 def train(cfg: TrainConfig, dataset: Dataset, run_dir: str | Path, resume: bool = False,
-          stop_after: int | None = None, init: str | Path | None = None) -> Path:
+          stop_after: int | None = None, weights_from: str | Path | None = None) -> Path:
     """Run (or resume with `resume=True`) both stages into `run_dir`, starting from the networks
-    of checkpoint `init` if given; returns checkpoints/last.pt."""
-    return Trainer(cfg, dataset, run_dir, resume, init).run(stop_after)
+    of checkpoint `weights_from` if given; returns checkpoints/last.pt."""
+    return Trainer(cfg, dataset, run_dir, resume, weights_from).run(stop_after)

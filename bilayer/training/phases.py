@@ -13,22 +13,29 @@ toggles `requires_grad_` so that only the phase's own networks receive gradients
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from bilayer.losses import Frame, GeneratorLosses, Objective
-from bilayer.nets import AvatarState, BilayerModel, Rendered
+from bilayer.data.frame import Frame
+from bilayer.losses import GeneratorLosses, Objective
+from bilayer.nets import AvatarState, BilayerModel, Discriminator, Rendered
 
 
-def _result(losses: GeneratorLosses, out: Rendered, state: AvatarState) -> dict:
+class PhaseResult(NamedTuple):
+    """What a generator phase returns (a NamedTuple: DistributedDataParallel finds its tensors)."""
+
+    losses: dict[str, Tensor]  # name -> weighted scalar; the phase loss is their sum
+    real: Tensor  # (B, 3, H, W) masked target, detached: D's real input
+    fake: Tensor  # (B, 3, H, W) masked output, detached: D's fake input
+    visuals: dict[str, Tensor]  # detached images for the logs: lf, hf, texture, mask, output
+
+
+def _result(losses: GeneratorLosses, out: Rendered, state: AvatarState) -> PhaseResult:
     visuals = {"lf": out.lf, "hf": out.hf, "texture": state.texture, "mask": out.mask, "output": out.image}
-    return {
-        "losses": losses.terms,
-        "real": losses.real.detach(),
-        "fake": losses.fake.detach(),
-        "visuals": {k: v.detach() for k, v in visuals.items()},
-    }
+    return PhaseResult(losses.terms, losses.real.detach(), losses.fake.detach(),
+                       {k: v.detach() for k, v in visuals.items()})
 
 
 class BasePhase(nn.Module):
@@ -40,16 +47,16 @@ class BasePhase(nn.Module):
     source to the target pose. The guiding gradients stay detached inputs (Fig. 3).
     """
 
-    def __init__(self, model: BilayerModel, objective: Objective, joint: bool = False):
+    def __init__(self, model: BilayerModel, discriminator: Discriminator, objective: Objective, *, joint: bool = False):
         super().__init__()
-        self.model, self.objective, self.joint = model, objective, joint
+        self.model, self.discriminator, self.objective, self.joint = model, discriminator, objective, joint
 
-    def forward(self, source: Frame, target: Frame, warp: float) -> dict:
-        state = self.model.initialize(source.image, source.landmarks, source.mask)
+    def forward(self, source: Frame, target: Frame, warp: float) -> PhaseResult:
+        state = self.model.initialize(source.image, source.landmark_image, source.mask)
         if self.joint:
-            state = self.model.enhance(state, source.keypoints, source.image)  # X_M(s), Eq. 7
+            state = self.model.refine(state, source.keypoints, source.image)  # X_M(s), Eq. 7
         out = self.model.render(target.keypoints, state)
-        return _result(self.objective.generator(out, target, self.model.discriminator, warp), out, state)
+        return _result(self.objective.generator(out, target, self.discriminator, warp), out, state)
 
 
 class UpdaterPhase(nn.Module):
@@ -59,25 +66,25 @@ class UpdaterPhase(nn.Module):
     layer), L_seg (on the mask) and L_reg (on the warp).
     """
 
-    def __init__(self, model: BilayerModel, objective: Objective):
+    def __init__(self, model: BilayerModel, discriminator: Discriminator, objective: Objective):
         super().__init__()
-        self.model = model
+        self.model, self.discriminator = model, discriminator
         self.objective = Objective(replace(objective.weights, pixel=0.0, mask=0.0), objective.imagenet, objective.face)
 
-    def forward(self, source: Frame, target: Frame) -> dict:
+    def forward(self, source: Frame, target: Frame) -> PhaseResult:
         with torch.no_grad():  # the base generators are frozen: no graph through them
-            state = self.model.initialize(source.image, source.landmarks, source.mask)
-        state = self.model.enhance(state, source.keypoints, source.image)  # X_M(s), Eq. 7
+            state = self.model.initialize(source.image, source.landmark_image, source.mask)
+        state = self.model.refine(state, source.keypoints, source.image)  # X_M(s), Eq. 7
         out = self.model.render(target.keypoints, state)  # x_M(t), Eq. 8
-        return _result(self.objective.generator(out, target, self.model.discriminator, 0.0), out, state)
+        return _result(self.objective.generator(out, target, self.discriminator, 0.0), out, state)
 
 
 class DiscriminatorPhase(nn.Module):
     """Both stages: trains D on L_adv^D."""
 
-    def __init__(self, discriminator: nn.Module, objective: Objective):
+    def __init__(self, discriminator: Discriminator, objective: Objective):
         super().__init__()
         self.discriminator, self.objective = discriminator, objective
 
-    def forward(self, real: Tensor, fake: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
-        return self.objective.discriminator(self.discriminator, real, fake, landmarks)
+    def forward(self, real: Tensor, fake: Tensor, landmark_image: Tensor) -> dict[str, Tensor]:
+        return self.objective.discriminator(self.discriminator, real, fake, landmark_image)

@@ -8,10 +8,9 @@ annotator on photos and driving videos, does not load it.
 from bilayer.data.preprocess.annotator import Annotation, AnnotatorConfig, FaceAnnotator
 from bilayer.data.preprocess.detector import FaceDetector, LandmarkPredictor, Segmenter
 from bilayer.data.preprocess.geometry import CropBox, FaceBox
-from bilayer.data.preprocess.media import MediaReader, SkipInput
 from bilayer.data.preprocess.tracking import BoxSmoother, FaceTracker, Track
 
 __all__ = [
     "Annotation", "AnnotatorConfig", "BoxSmoother", "CropBox", "FaceAnnotator", "FaceBox", "FaceDetector",
-    "FaceTracker", "LandmarkPredictor", "MediaReader", "Segmenter", "SkipInput", "Track",
+    "FaceTracker", "LandmarkPredictor", "Segmenter", "Track",
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bilayer.data.preprocess.geometry import FaceBox
-from bilayer.data.preprocess.native import quiet_stderr
+from bilayer.io.native import quiet_stderr
 
 # Box conventions, measured on the sample photos over scales 1-3x and rotations of +-10 degrees
 # (the predictor run from a HOG box, then each box compared with the keypoints' box):

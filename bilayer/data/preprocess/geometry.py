@@ -12,6 +12,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+#: The smallest face (`FaceBox.size`, in source pixels) worth a crop: preprocessing skips clips
+#: whose median face is smaller, avatars refuse photos whose face is.
+MIN_FACE_SIZE = 64.0
+
 
 @dataclass(frozen=True)
 class FaceBox:

@@ -28,13 +28,13 @@ from PIL import Image
 from bilayer.config import to_dict
 from bilayer.data.landmarks import NUM_KEYPOINTS, pixel_keypoints
 from bilayer.data.preprocess.geometry import FaceBox
-from bilayer.data.preprocess.media import SkipInput
 from bilayer.data.preprocess.pipeline import Result, Summary, parallel_results, run_jobs
 from bilayer.data.preprocess.timing import StageTimer
 from bilayer.data.store import (
     ClipArrays, ClipRecord, ClipWriter, DatasetStore, SkipRecord, SourceKey, clip_file_for, clip_id_for,
 )
-from bilayer.errors import InputError
+from bilayer.errors import InputError, SkipInput
+from bilayer.io.files import DiskFull
 
 FOLDERS = {"imgs": ".jpg", "keypoints": ".npy", "segs": ".png"}  # kind -> frame file suffix
 SPLITS = ("train", "test")
@@ -219,7 +219,8 @@ def _write_frames(seq: Sequence, cfg: OfficialLayoutConfig, writer: ClipWriter,
 
 
 def import_sequence(seq: Sequence, cfg: OfficialLayoutConfig, store: DatasetStore) -> Result:
-    """Write the clip of one sequence; problems become a SkipRecord."""
+    """Write the clip of one sequence; problems of the sequence become a SkipRecord, a full disk
+    (`DiskFull`) stops the run."""
     key, timer = seq.key, StageTimer()
     try:
         file = clip_file_for(seq.clip_id)
@@ -234,6 +235,8 @@ def import_sequence(seq: Sequence, cfg: OfficialLayoutConfig, store: DatasetStor
                             cfg.fps, side, side, face_size, split=seq.split)
     except SkipInput as e:
         record = SkipRecord(key.source, key.size, key.mtime_ns, e.reason)
+    except DiskFull:
+        raise
     except Exception as e:  # a library failing on a strange file must not stop the run
         record = SkipRecord(key.source, key.size, key.mtime_ns, f"unexpected {type(e).__name__}: {e}".splitlines()[0])
     return Result(record, dict(timer.seconds))

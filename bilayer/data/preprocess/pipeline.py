@@ -18,11 +18,14 @@ import numpy as np
 
 from bilayer.config import Profile, to_dict
 from bilayer.data.preprocess.annotator import AnnotatorConfig, FaceAnnotator
-from bilayer.data.preprocess.media import MediaReader, SkipInput, is_media
+from bilayer.data.preprocess.geometry import MIN_FACE_SIZE
 from bilayer.data.store import (
     ClipArrays, ClipRecord, ClipWriter, DatasetStore, SkipRecord, SourceKey, clip_file_for, clip_id_for,
 )
-from bilayer.errors import InputError
+from bilayer.errors import InputError, SkipInput
+from bilayer.io.files import DiskFull
+from bilayer.io.lock import FolderLock
+from bilayer.io.media import MediaReader, is_media
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class PreprocessConfig:
     # How crops, keypoints and masks are made (bilayer.config.Profile): "official" reproduces the
     # authors' released code, for data meant for models of ModelConfig.preprocessing="official".
     profile: Profile = "bilayer"
-    min_face_size: float = 64.0  # median face size (keypoint box side) in source pixels
+    min_face_size: float = MIN_FACE_SIZE  # median face size (keypoint box side) in source pixels
     min_frames: int = 1  # fewer frames with a face -> the clip is skipped
     frame_step: int = 1  # keep every n-th frame
     max_frames: int | None = None  # keep at most this many frames (VoxCeleb2-HQ: 250)
@@ -93,7 +96,8 @@ class Result:
 
 
 def process_clip(job: Job, cfg: PreprocessConfig, annotator: FaceAnnotator, store: DatasetStore) -> Result:
-    """Annotate one input and write its clip file; problems become a SkipRecord."""
+    """Annotate one input and write its clip file; problems of the input become a SkipRecord, a
+    full disk (`DiskFull`, not the input's fault) stops the run."""
     key = job.key
     before = dict(annotator.timer.seconds)
     try:
@@ -113,6 +117,8 @@ def process_clip(job: Job, cfg: PreprocessConfig, annotator: FaceAnnotator, stor
         )
     except SkipInput as e:
         record = SkipRecord(key.source, key.size, key.mtime_ns, e.reason)
+    except DiskFull:
+        raise
     except Exception as e:  # a library failing on a strange file must not stop the run
         record = SkipRecord(key.source, key.size, key.mtime_ns, f"unexpected {type(e).__name__}: {e}".splitlines()[0])
     stages = {k: v - before.get(k, 0.0) for k, v in annotator.timer.seconds.items()}
@@ -222,36 +228,38 @@ J = TypeVar("J", bound=Keyed)
 
 def run_jobs(jobs: list[J], store: DatasetStore, settings: dict, results: Callable[[list[J]], Iterator[Result]],
              retry_skipped: bool, progress: bool, unit: str) -> Summary:
-    """The resumable run of every importer: record `settings` (or refuse other ones), run the jobs
+    """The resumable run of every importer: lock the dataset folder (a second writer gets a
+    one-line error naming this process), record `settings` (or refuse other ones), run the jobs
     whose input version has neither a clip nor a skip line (or a skip line, with
     `retry_skipped`), append each result to the manifest or skip report as it comes, and sum up
-    all `jobs` (done now or by an earlier run)."""
+    all `jobs` (done now or by an earlier run). Worker processes write clip files only."""
     from tqdm import tqdm
 
-    store.prepare()
-    store.check_settings(settings)
-    done = {r.key: r for r in store.clips()}
-    skips = store.skipped()
-    todo = [j for j in jobs if j.key not in done and (retry_skipped or j.key not in skips)]
+    with FolderLock(store.root):  # one writer per dataset folder, for the whole run
+        store.prepare()
+        store.check_settings(settings)
+        done = {r.key: r for r in store.clips()}
+        skips = store.skipped()
+        todo = [j for j in jobs if j.key not in done and (retry_skipped or j.key not in skips)]
 
-    summary, start = Summary(), time.perf_counter()
-    bar = tqdm(total=len(todo), unit=unit, disable=not progress or not todo, dynamic_ncols=True)
-    for result in results(todo):
-        record = result.record
-        if isinstance(record, ClipRecord):
-            store.add_clip(record)
-            done[record.key] = record
-            summary.new_clips += 1
-            summary.new_frames += record.num_frames
-        else:
-            store.add_skip(record)
-            skips[record.key] = record
-        for k, v in result.stage_seconds.items():
-            summary.stage_seconds[k] = summary.stage_seconds.get(k, 0.0) + v
-        bar.set_postfix_str(f"{summary.new_frames / (time.perf_counter() - start):.1f} frames/s, "
-                            f"{bar.n + 1 - summary.new_clips} skipped")
-        bar.update()
-    bar.close()
+        summary, start = Summary(), time.perf_counter()
+        bar = tqdm(total=len(todo), unit=unit, disable=not progress or not todo, dynamic_ncols=True)
+        for result in results(todo):
+            record = result.record
+            if isinstance(record, ClipRecord):
+                store.add_clip(record)
+                done[record.key] = record
+                summary.new_clips += 1
+                summary.new_frames += record.num_frames
+            else:
+                store.add_skip(record)
+                skips[record.key] = record
+            for k, v in result.stage_seconds.items():
+                summary.stage_seconds[k] = summary.stage_seconds.get(k, 0.0) + v
+            bar.set_postfix_str(f"{summary.new_frames / (time.perf_counter() - start):.1f} frames/s, "
+                                f"{bar.n + 1 - summary.new_clips} skipped")
+            bar.update()
+        bar.close()
 
     summary.seconds = time.perf_counter() - start
     for job in jobs:

@@ -13,13 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bilayer.data.preprocess.media import MediaReader
 from bilayer.data.synthetic.expressions import expression_fields
 from bilayer.data.synthetic.facemesh import LIPS_UPPER_INNER, NUM_POINTS
 from bilayer.data.synthetic.motion import HeadMotion
 from bilayer.data.synthetic.rig import HeadRig, build_rig
 from bilayer.data.synthetic.warp import warp_piecewise_affine
 from bilayer.errors import InputError
+from bilayer.io.media import MediaReader
 
 MOUTH_CAVITY_RGB = np.array([48, 18, 20], np.float32)
 MOUTH_SHADE = 0.95  # opacity of the cavity where the gap is entirely new

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bilayer.data.preprocess.native import quiet_stderr
 from bilayer.errors import InputError
+from bilayer.io.native import quiet_stderr
 
 NUM_POINTS = 468  # the mesh without the iris points (the eyes' interior stays one warped piece)
 NOSE_TIP = 4

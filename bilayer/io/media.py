@@ -1,4 +1,5 @@
-"""Decoding inputs: videos with PyAV (FFmpeg inside the wheel), photos with OpenCV.
+"""Reading media: videos with PyAV (FFmpeg inside the wheel), photos with OpenCV (the one reader of
+preprocessing, photos and driving videos).
 
 Every problem with a file becomes a `SkipInput` carrying a one-line reason, so the caller can
 record it and go on with the next input.
@@ -12,19 +13,11 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from bilayer.data.preprocess.native import quiet_stderr
-from bilayer.errors import InputError
+from bilayer.errors import SkipInput
+from bilayer.io.native import quiet_stderr
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-
-
-class SkipInput(InputError):
-    """An input that yields no data; `reason` is the one-line explanation without the path."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.reason = reason
 
 
 @dataclass(frozen=True)
