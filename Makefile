@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo demo-model bench clean
+.PHONY: setup browser test test-fast demo demo-model bench clean
 
 setup: $(STAMP)
 
@@ -16,12 +16,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps lpips==0.1.4
 	touch $(STAMP)
 
-test: setup
+# Debian's Chromium and its driver for the live page's browser tests (tests/test_serve_browser.py),
+# installed when missing and running as root; otherwise (or offline) those tests skip and say how.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium and chromium-driver (apt-get) for the browser tests"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+				>/dev/null || echo "could not install chromium: the browser tests will skip"; \
+		fi; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest -q
 
 # Local work: everything but the tests marked slow (training runs, several processes, full-size
 # models, real full disks); CI runs `make test`, all of them.
-test-fast: setup
+test-fast: setup browser
 	$(PY) -m pytest -q -m "not slow"
 
 demo: setup

@@ -4,7 +4,7 @@ Every module is imported, and every `import` in it (module level or inside a fun
 import is still a dependency) is checked against `LAYERS`: a unit (subpackage or top-level
 module) may import its own layer or lower ones, never a higher one, and the units never import
 each other in a cycle. The per-frame runtime, file side included, never imports training or the
-losses, whatever the layers allow.
+losses (nor does the server above it), whatever the layers allow.
 """
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training",),
     ("runtime",),  # avatars, folding, backends, animation
     ("evaluation", "export", "convert"),  # applications of the runtime and the checkpoints
+    ("server",),  # the local web app on top of the runtime
     ("cli", "__main__"),
 )
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
-NEVER = {"runtime": ("training", "losses")}
+NEVER = {"runtime": ("training", "losses"), "server": ("training", "losses")}
 
 
 def module_name(path: Path) -> str:

@@ -217,7 +217,7 @@ def test_exact_driver_crops_follow_the_official_rule_on_every_frame(sample_video
 
     tracks = {}
     for mode in ("smoothed", "exact"):
-        _, frames = track_video(sample_video, 64, 20, "official", mode)
+        _, _, frames = track_video(sample_video, 64, 20, "official", mode)
         tracks[mode] = np.stack([f.keypoints for f in frames])  # (20, 68, 2)
     lo, hi = tracks["exact"].min(1), tracks["exact"].max(1)  # (20, 2)
     extent = (hi - lo).max(1)
@@ -298,7 +298,7 @@ def test_track_cli_follows_the_checkpoints_profile(sample_video, tiny_checkpoint
         assert main([*args, "--quiet"]) == 0
         tracks[name] = np.load(out)
     capsys.readouterr()
-    _, frames = track_video(sample_video, 64, 6, "official")
+    _, _, frames = track_video(sample_video, 64, 6, "official")
     np.testing.assert_allclose(tracks["official"], np.stack([f.keypoints for f in frames]), atol=1e-6)
     # the official crop is tighter (2 x the face size instead of 2.2 x): the keypoints spread more
     spread = {k: np.ptp(t[..., 0], axis=1).mean() for k, t in tracks.items()}

@@ -314,7 +314,7 @@ def test_track_then_animate_from_the_stored_track(media_dir, sample_video, tiny_
     # The same keypoints as driving with the video itself (one detector, one smoothed crop).
     from bilayer.runtime.pipeline import track_video
 
-    _, frames = track_video(sample_video, 64, None)
+    _, _, frames = track_video(sample_video, 64, None)
     np.testing.assert_allclose(keypoints, np.stack([f.keypoints for f in frames]), atol=1e-6)
     out = tmp_path / "from_track.mp4"
     code, _, _ = run_animate(capsys, "--source", media_dir / "bob" / "portrait.png", "--keypoints", track,
@@ -370,3 +370,40 @@ def test_demo_out_that_is_a_file_is_one_line(tmp_path, capsys):
     assert main(["demo", "--out", str(file), "--checkpoint", str(tmp_path / "missing.pt"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"{file}: not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_photo_crops_free_their_detectors(media_dir):
+    """Every source crop builds MediaPipe graphs (native threads): they are closed after use, so a
+    long-running process (the server) does not grow with each avatar."""
+    import os
+
+    from bilayer.runtime.faces import crop_source
+
+    photo = media_dir / "bob" / "portrait.png"
+    crop_source(photo, 64)
+    before = len(os.listdir("/proc/self/task"))
+    for _ in range(3):
+        crop_source(photo, 64)
+    assert len(os.listdir("/proc/self/task")) == before
+
+
+def test_quiet_stderr_from_several_threads_leaves_stderr_working():
+    import os
+    import threading
+
+    from bilayer.io.native import quiet_stderr
+
+    before = os.fstat(2)
+
+    def silence() -> None:
+        for _ in range(50):
+            with quiet_stderr():
+                pass
+
+    threads = [threading.Thread(target=silence) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # fd 2 is the real stderr again

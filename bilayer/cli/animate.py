@@ -7,9 +7,12 @@ from bilayer.runtime.choices import BACKENDS, BACKGROUNDS, DRIVER_CROPS, PRECISI
 
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
-    """--background, --backend and --precision (also used by `bilayer demo`)."""
+    """--background, --paste-back, --backend and --precision (also used by `bilayer demo`)."""
     p.add_argument("--background", choices=tuple(BACKGROUNDS), default="black",
                    help="behind the predicted mask (none: the raw render, whose background is untrained)")
+    p.add_argument("--paste-back", action="store_true",
+                   help="the result in the source photo's full frame, its own person filled in: frames of the "
+                        "photo's size (an odd side loses its last pixel); the photo replaces --background")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     per_backend = "; ".join(f"{b}: {', '.join(ps)}" for b, ps in RUNNER_PRECISIONS.items())
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"{per_backend} (torch fp16: for GPUs)")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from bilayer.runtime.pipeline import AnimateOptions, animate
 
     options = AnimateOptions(args.relative, args.side_by_side, args.backend, args.precision, args.fps, args.max_frames,
-                             args.background, args.driver_crop)
+                             args.background, args.driver_crop, args.paste_back)
     r = animate(args.source, args.out, args.checkpoint, args.driver, args.keypoints, options, progress=not args.quiet)
     audio = "with audio" if r.has_audio else "no audio"
     print(f"{r.path}: {r.frames} frames at {r.fps:g} fps, {audio}; init {r.init_ms:.0f} ms, "

@@ -2,8 +2,9 @@
 
 Source: Grace Hopper's portrait from matplotlib's sample data (an identity the demo model never
 saw). Motion: the keypoint track of a held-out clip (bilayer/assets/demo_track.npy, made with
-`bilayer track`), transferred relative to its first frame. Writes DIR/output.mp4,
-DIR/side_by_side.mp4 (source | driver keypoints | result) and DIR/contact_sheet.png.
+`bilayer track`), transferred relative to its first frame. Writes DIR/output.mp4 (with
+`--paste-back`: in the photo's full frame), DIR/side_by_side.mp4 (source | driver keypoints |
+result) and DIR/contact_sheet.png.
 """
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from bilayer.runtime.pipeline import AnimateOptions, animate
 
     start = time.perf_counter()
+    options = AnimateOptions(relative=True, backend=args.backend, precision=args.precision, fps=DEMO_TRACK_FPS,
+                             background=args.background, paste_back=args.paste_back)
     check_output_folder(args.out).mkdir(parents=True, exist_ok=True)
     source = args.source or SAMPLE_PHOTOS[DEMO_PHOTO].path
-    options = AnimateOptions(relative=True, backend=args.backend, precision=args.precision, fps=DEMO_TRACK_FPS,
-                             background=args.background)
     outputs = {"video": args.out / "output.mp4", "side by side": args.out / "side_by_side.mp4",
                "contact sheet": args.out / "contact_sheet.png"}
     r = animate(source, outputs["video"], args.checkpoint, keypoints=DEMO_TRACK, options=options,

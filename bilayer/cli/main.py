@@ -13,7 +13,7 @@ import sys
 from bilayer.errors import InputError
 
 #: Subcommand modules under bilayer.cli, in the order shown by --help.
-COMMANDS = ["demo", "bench", "preprocess", "train", "evaluate", "animate", "track", "export", "convert"]
+COMMANDS = ["demo", "bench", "preprocess", "train", "evaluate", "animate", "track", "export", "convert", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

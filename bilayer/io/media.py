@@ -26,6 +26,7 @@ class MediaInfo:
     fps: float  # 0 for images
     width: int
     height: int
+    frames: int | None = None  # in the file, when its container says (estimated from its duration)
 
 
 def is_media(path: Path) -> bool:
@@ -61,7 +62,7 @@ class MediaReader:
         if suffix in IMAGE_EXTENSIONS:
             self._image = self._read_image()
             h, w = self._image.shape[:2]
-            self.info = MediaInfo("image", 0.0, w, h)
+            self.info = MediaInfo("image", 0.0, w, h, 1)
         else:
             self._open_video()
 
@@ -85,7 +86,9 @@ class MediaReader:
             raise SkipInput(self.path, "no video stream")
         stream = self._container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
-        self.info = MediaInfo("video", float(rate) if rate else 25.0, stream.width, stream.height)
+        fps = float(rate) if rate else 25.0
+        frames = stream.frames or (round(float(stream.duration * stream.time_base) * fps) if stream.duration else None)
+        self.info = MediaInfo("video", fps, stream.width, stream.height, frames or None)
 
     def frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
         if self._container is None:

@@ -44,13 +44,15 @@ class Avatar:
         self._runner: Runner | None = None
 
     @classmethod
-    def from_image(cls, photo: str | Path | np.ndarray, checkpoint: str | Path, backend: str = "torch",
+    def from_image(cls, photo: str | Path | np.ndarray, model: BilayerModel | str | Path, backend: str = "torch",
                    precision: str = "fp32") -> "Avatar":
-        """An avatar from ONE photo (path or (H, W, 3) uint8 RGB) and a checkpoint."""
+        """An avatar from ONE photo (path or (H, W, 3) uint8 RGB) and a model, or the checkpoint to
+        load it from. A model may serve many avatars (each folds its own per-frame network)."""
         from bilayer.checkpoint import load_model
         from bilayer.runtime.faces import crop_source
 
-        model, _ = load_model(checkpoint)
+        if not isinstance(model, BilayerModel):
+            model, _ = load_model(model)
         face = crop_source(photo, model.cfg.image_size, model.cfg.preprocessing)
         avatar = cls(model, backend, precision)
         avatar.initialize(face.frame())

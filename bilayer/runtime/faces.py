@@ -24,6 +24,7 @@ from bilayer.errors import InputError
 
 if TYPE_CHECKING:
     from bilayer.data.preprocess.annotator import CropMode, FaceAnnotator
+    from bilayer.data.preprocess.geometry import CropBox
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SourceFace:
     image: np.ndarray  # (S, S, 3) uint8 RGB crop
     keypoints: np.ndarray  # (68, 2) float32 in [-1, 1]
     mask: np.ndarray  # (S, S) float32 in [0, 1]
+    photo: np.ndarray  # (H, W, 3) uint8 RGB, the whole decoded photo
+    box: CropBox  # the crop in photo pixels (may overhang the photo), as `Annotation.crop_box`
     profile: Profile = "bilayer"  # how the crop, keypoints and mask were made, and the landmark image
 
     def frame(self) -> Frame:
@@ -72,10 +75,11 @@ def crop_source(photo: str | Path | np.ndarray, size: int, profile: Profile = "b
     from bilayer.data.preprocess.geometry import MIN_FACE_SIZE
 
     frame = photo if isinstance(photo, np.ndarray) else read_photo(photo)
-    found = annotator(size, with_mask=True, profile=profile, crop="exact")(frame)
+    with annotator(size, with_mask=True, profile=profile, crop="exact") as face:
+        found = face(frame)
     name = "photo" if isinstance(photo, np.ndarray) else str(photo)
     if found is None:
         raise InputError(f"{name}: no face found")
     if found.face.size < MIN_FACE_SIZE:
         raise InputError(f"{name}: face too small ({found.face.size:.0f} px, at least {MIN_FACE_SIZE:.0f} px)")
-    return SourceFace(found.image, found.keypoints, found.mask, profile)
+    return SourceFace(found.image, found.keypoints, found.mask, frame, found.crop_box, profile)

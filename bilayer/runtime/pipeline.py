@@ -8,7 +8,8 @@
    profile, one smoothed crop box for the whole clip (or per-frame crops: `driver_crop="exact"`),
    or read a stored (T, 68, 2) keypoint track;
 4. absolute or relative motion transfer (`motion.RelativeMotion`);
-5. render each frame and encode it (audio of the driver kept; `VideoWriter` is atomic).
+5. render each frame, put it on the chosen background or paste it back into the source photo's
+   full frame (`paste.PasteBack`), and encode it (audio of the driver kept; `VideoWriter` is atomic).
 
 Frames where the driver's face is lost reuse the last keypoints (before the first face: the
 source pose), so the output keeps the driver's frame count and stays in sync with its audio.
@@ -20,9 +21,10 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
+from torch import Tensor
 from tqdm import tqdm
 
 from bilayer.checkpoint import resolve_checkpoint
@@ -31,11 +33,12 @@ from bilayer.data.landmarks import draw_profile_landmarks
 from bilayer.errors import InputError
 from bilayer.io.images import to_uint8
 from bilayer.io.video import check_output_path, open_video
-from bilayer.nets import apply_mask
+from bilayer.nets import BilayerModel, apply_mask
 from bilayer.runtime.avatar import Avatar
 from bilayer.runtime.backends import check_backend
 from bilayer.runtime.choices import BACKGROUNDS, DRIVER_CROPS
 from bilayer.runtime.motion import RelativeMotion
+from bilayer.runtime.paste import PasteBack
 from bilayer.runtime.sheet import ContactSheet
 
 
@@ -49,10 +52,13 @@ class AnimateOptions:
     max_frames: int | None = None
     background: str = "black"  # behind the predicted mask: a key of choices.BACKGROUNDS
     driver_crop: str = "smoothed"  # a driving video's crop: one of choices.DRIVER_CROPS
+    paste_back: bool = False  # the result in the source photo's full frame (its size), not the crop
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
             raise InputError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
+        if self.paste_back and self.background != AnimateOptions.background:
+            raise InputError(f"background {self.background!r} does not apply with paste_back (the photo is behind)")
         check_driver_crop(self.driver_crop)
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise InputError(f"fps must be a number > 0, got {self.fps:g}")
@@ -107,9 +113,9 @@ def load_keypoint_track(path: str | Path) -> np.ndarray:
 
 
 def track_video(path: Path, size: int, max_frames: int | None, profile: Profile = "bilayer",
-                driver_crop: str = "smoothed") -> tuple[float, Iterator[DriverFrame]]:
-    """(fps, frames): the driver's face keypoints in `profile`'s convention, tracked online with
-    one smoothed crop (or `driver_crop="exact"`: each frame's own)."""
+                driver_crop: str = "smoothed") -> tuple[float, int | None, Iterator[DriverFrame]]:
+    """(fps, frame count when the file says, frames): the driver's face keypoints in `profile`'s
+    convention, tracked online with one smoothed crop (or `driver_crop="exact"`: each frame's own)."""
     from bilayer.io.media import MediaReader
     from bilayer.runtime.faces import annotator
 
@@ -119,9 +125,8 @@ def track_video(path: Path, size: int, max_frames: int | None, profile: Profile 
         raise InputError(f"{path}: the driver must be a video")
 
     def frames() -> Iterator[DriverFrame]:
-        face = annotator(size, with_mask=False, profile=profile, crop=driver_crop)
         box = None
-        with reader:
+        with reader, annotator(size, with_mask=False, profile=profile, crop=driver_crop) as face:
             for _, t, rgb in reader.frames():
                 found = face(rgb, t)
                 if found is not None:
@@ -130,7 +135,8 @@ def track_video(path: Path, size: int, max_frames: int | None, profile: Profile 
                 else:
                     yield DriverFrame(None, box.crop(rgb, size) if box is not None else _centre_crop(rgb, size))
 
-    return reader.info.fps, frames()
+    count = reader.info.frames if max_frames is None or reader.info.frames is None else min(reader.info.frames, max_frames)
+    return reader.info.fps, count, frames()
 
 
 def record_track(video: str | Path, max_frames: int | None = None, progress: bool = True, profile: Profile = "bilayer",
@@ -146,8 +152,8 @@ def record_track(video: str | Path, max_frames: int | None = None, progress: boo
         raise InputError(f"{video}: driver video not found")
     check_max_frames(max_frames)
     check_driver_crop(driver_crop)
-    fps, frames = track_video(video, 256, max_frames, profile, driver_crop)
-    found = [f.keypoints for f in tqdm(frames, unit="frame", disable=not progress, desc="track")]
+    fps, count, frames = track_video(video, 256, max_frames, profile, driver_crop)
+    found = [f.keypoints for f in tqdm(frames, total=count, unit="frame", disable=not progress, desc="track")]
     first = next((k for k in found if k is not None), None)
     if first is None:
         raise InputError(f"{video}: no face found in any frame")
@@ -166,6 +172,16 @@ def _centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return CropBox((w - side) // 2, (h - side) // 2, side).crop(rgb, size)
 
 
+def compose(image: Tensor, mask: Tensor, paste: PasteBack | None, background: float | None) -> np.ndarray:
+    """A render (image (1, 3, S, S), mask (1, 1, S, S)) -> the output frame, (H, W, 3) uint8 RGB:
+    pasted back into the photo's full frame, or the (S, S) crop on `background` (None: raw)."""
+    if paste is not None:
+        return paste(image, mask)
+    if background is not None:
+        image = apply_mask(image, mask, background)
+    return to_uint8(image)[0]
+
+
 class Driving:
     """Driver keypoints -> avatar keypoints: absolute, or relative to the driver's first face."""
 
@@ -182,12 +198,15 @@ class Driving:
         return self.last
 
 
-def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None = None, driver: str | Path | None = None,
-            keypoints: str | Path | None = None, options: AnimateOptions = AnimateOptions(),
-            progress: bool = True, side_by_side_out: str | Path | None = None,
-            contact_sheet: str | Path | None = None) -> AnimateResult:
+def animate(source: str | Path, out: str | Path, checkpoint: BilayerModel | str | Path | None = None,
+            driver: str | Path | None = None, keypoints: str | Path | None = None,
+            options: AnimateOptions = AnimateOptions(), progress: bool = True,
+            side_by_side_out: str | Path | None = None, contact_sheet: str | Path | None = None,
+            on_frame: Callable[[int, int | None], None] | None = None) -> AnimateResult:
     """Write `out` (and, from the same pass, a source | driver | result video `side_by_side_out`
-    and a PNG `contact_sheet` of such rows, when given)."""
+    and a PNG `contact_sheet` of such rows, when given). `checkpoint`: a file (None: the demo
+    model) or an already loaded model; `on_frame(done, total)` is called after each frame (total:
+    None when the driver's frame count is unknown)."""
     # 1. Inputs.
     if (driver is None) == (keypoints is None):
         raise InputError("give exactly one of a driver video or a keypoint track")
@@ -199,12 +218,12 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
     if driver is not None and not Path(driver).is_file():
         raise InputError(f"{driver}: driver video not found")
     track = load_keypoint_track(keypoints) if keypoints is not None else None
-    checkpoint = resolve_checkpoint(checkpoint)
+    model = checkpoint if isinstance(checkpoint, BilayerModel) else resolve_checkpoint(checkpoint)
     check_backend(options.backend, options.precision)
 
     # 2. Avatar, once.
     start = time.perf_counter()
-    avatar = Avatar.from_image(source, checkpoint, options.backend, options.precision)
+    avatar = Avatar.from_image(source, model, options.backend, options.precision)
     init_ms = 1000 * (time.perf_counter() - start)
     size, profile = avatar.model.cfg.image_size, avatar.model.cfg.preprocessing
 
@@ -216,17 +235,21 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
         )
         total = len(track[: options.max_frames])
     else:
-        fps, frames = track_video(Path(driver), size, options.max_frames, profile, options.driver_crop)
-        total = None
+        fps, total, frames = track_video(Path(driver), size, options.max_frames, profile, options.driver_crop)
 
-    # 4-5. Motion, render (the foreground on the chosen background), encode.
-    driving = Driving(avatar.source_face.keypoints, options.relative)
+    # 4-5. Motion, render, the foreground on the chosen background or pasted back into the photo
+    # (frames of its size; panels show the pasted frame at the crop), encode.
+    face = avatar.source_face
+    driving = Driving(face.keypoints, options.relative)
+    paste = PasteBack(face) if options.paste_back else None
     background = BACKGROUNDS[options.background]
+    height, width = face.photo.shape[:2] if paste is not None else (size, size)
     times, faceless = [], 0
     audio = Path(driver) if driver is not None else None
     sheet = ContactSheet() if contact_sheet is not None else None
     with contextlib.ExitStack() as outputs:
-        writer = outputs.enter_context(open_video(out, fps, size * (3 if options.side_by_side else 1), size, audio))
+        shape = (3 * size, size) if options.side_by_side else (width, height)
+        writer = outputs.enter_context(open_video(out, fps, *shape, audio))
         panels = None if side_by_side_out is None else outputs.enter_context(open_video(side_by_side_out, fps, 3 * size, size, audio))
         bar = tqdm(frames, total=total, unit="frame", disable=not progress, desc="animate")
         for index, frame in enumerate(bar):
@@ -234,17 +257,18 @@ def animate(source: str | Path, out: str | Path, checkpoint: str | Path | None =
             t0 = time.perf_counter()
             image, mask = avatar.render(driving(frame.keypoints))  # (1, 3, S, S), (1, 1, S, S)
             times.append(time.perf_counter() - t0)
-            if background is not None:
-                image = apply_mask(image, mask, background)
-            result = to_uint8(image)[0]
+            result = compose(image, mask, paste, background)  # (H, W, 3)
             if options.side_by_side or panels is not None or sheet is not None:
-                panel = np.concatenate([avatar.source_face.image, frame.view, result], axis=1)
+                crop = face.box.crop(result, size) if paste is not None else result
+                panel = np.concatenate([face.image, frame.view, crop], axis=1)
                 if panels is not None:
                     panels.write(panel)
                 if sheet is not None:
                     sheet.add(index, panel)
             writer.write(panel if options.side_by_side else result)
             bar.set_postfix(render_ms=f"{1000 * times[-1]:.1f}")
+            if on_frame is not None:
+                on_frame(index + 1, total)
         if track is None and faceless == writer.frames:
             raise InputError(f"{driver}: no face found in any frame")
         has_audio = writer.has_audio

@@ -91,6 +91,19 @@ class FaceAnnotator:
         self.smoother = BoxSmoother(cfg.smooth_min_cutoff, cfg.smooth_beta)
         self.segmenter = Segmenter() if with_mask else None
 
+    def close(self) -> None:
+        """Free the detector's and segmenter's native resources (MediaPipe graphs hold threads):
+        long-running processes (the server) create and drop annotators."""
+        self.tracker.detector.close()
+        if self.segmenter is not None:
+            self.segmenter.close()
+
+    def __enter__(self) -> "FaceAnnotator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def reset(self) -> None:
         """Forget the current track (call between clips)."""
         self.tracker.reset()

@@ -46,6 +46,10 @@ class FaceDetector:
             self._net = FaceDetection(min_detection_confidence=min_confidence, model_selection=1)
             self._net.process(np.zeros((64, 64, 3), np.uint8))
 
+    def close(self) -> None:
+        """Free MediaPipe's graph (its threads and buffers); the detector is unusable afterwards."""
+        self._net.close()
+
     def __call__(self, frame: np.ndarray) -> list[Detection]:
         found = self._detect(frame)
         if found:
@@ -103,6 +107,10 @@ class Segmenter:
         with quiet_stderr():
             self._net = SelfieSegmentation(model_selection=0)
             self._net.process(np.zeros((64, 64, 3), np.uint8))
+
+    def close(self) -> None:
+        """Free MediaPipe's graph (its threads and buffers); the segmenter is unusable afterwards."""
+        self._net.close()
 
     def __call__(self, crop: np.ndarray) -> np.ndarray:
         return np.clip(self._net.process(crop).segmentation_mask, 0, 1)
