@@ -1,11 +1,20 @@
 """Runtime speed: init and per-frame time of each model size, backend and precision, against the
 FLOP floor of this machine and a FOMM medium baseline (paper App. B.2, Table 2; A.3).
 
-For small / medium / large at 256x256, batch 1, random weights (speed does not depend on them):
+For small / medium / large at 256x256, batch 1, random weights (speed does not depend on them),
+and each "backend/precision" (torch/auto: the default, `runtime.precision.plan` resolves it):
 
-* GEMM peak: the best of torch.matmul and a oneDNN 1x1 convolution (both GEMMs) per precision;
-* init_ms: `Avatar.init` from tensors (embedder, adaptive params, texture, M = 4 updater steps,
-  A.3 folding, backend preparation: ONNX export + session, int8 calibration), median of 2 after one warm-up;
+* the CPU's name and speed flags (AMX, AVX512-BF16, ...), and its GEMM peak: the best of
+  torch.matmul and a oneDNN 1x1 convolution (both GEMMs) per precision;
+* init_ms: `Avatar.initialize` from tensors (embedder, adaptive params, texture, M = 4 updater
+  steps, A.3 folding, backend preparation: ONNX export + session, int8 calibration, the quality
+  check of "auto"), median of 2 after one warm-up;
+* photo_init_ms: `Avatar.from_image` from a decoded photo (the sample photo of `bilayer demo`) to
+  the first renderable frame, the face annotator already loaded (it is loaded once per process);
+  init_stages_ms: the stages of that run (detection, landmarks, crop, mask, embedder, projections,
+  texture generator, updater guide and steps, folding, backend);
+* texture_psnr_db: the texture after initialization against torch/fp32's (reduced-precision
+  one-time networks);
 * frame_ms: median of >= 200 `Avatar.render` calls after warm-up;
 * floor_ms = 2 x GMACs / peak, with the model's per-frame GMACs as `bilayer bench macs` counts
   them (the paper's way; 1.11 / 4.31 / 17.0); floor_executed_ms uses the MACs the folded network
@@ -39,11 +48,15 @@ from bilayer.metrics.complexity import frame_macs
 from bilayer.metrics.psnr import psnr
 from bilayer.nets import BilayerModel
 from bilayer.runtime import Avatar
+from bilayer.data.samples import load_photo
 from bilayer.runtime.backends import RUNNERS
 from bilayer.runtime.motion import motion_samples
+from bilayer.hardware import cpu_info
+from bilayer.runtime.precision import plan
 
-CPU_BACKENDS = ["torch/fp32", "torch/bf16", "onnxruntime/fp32", "onnxruntime/fp16", "onnxruntime/int8"]
-GPU_BACKENDS = ["torch/fp32", "torch/fp16"]
+CPU_BACKENDS = ["torch/fp32", "torch/auto", "torch/bf16", "onnxruntime/fp32", "onnxruntime/fp16", "onnxruntime/int8"]
+GPU_BACKENDS = ["torch/fp32", "torch/auto", "torch/fp16"]
+PHOTO = "grace_hopper"  # `bilayer demo`'s
 MAX_OTHER_LOAD = 0.10
 PAPER_P40 = {"init_ms": 53.0, "frame_ms": 4.0, "fomm_frame_ms": 13.0}  # Table 2, medium models
 
@@ -237,32 +250,41 @@ def bench_size(size: str, backends: list[str], peaks: dict[str, float], frames: 
     keypoints = torch.rand(1, 68, 2, generator=g) * 1.2 - 0.6
     source = Frame(image, landmark_image, keypoints, torch.ones(1, 1, s, s))
     poses = torch.from_numpy(motion_samples(keypoints[0].numpy(), 8, seed=1))
+    photo = load_photo(PHOTO)
     counted = frame_macs(model.cfg)["macs"] / 1e9  # the paper's way, as `bilayer bench macs` (CPU copy)
     results, reference = {}, None
     for name in backends:
         backend, precision = name.split("/")
         avatar = Avatar(model, backend, precision)
-
-        def init() -> None:
-            avatar.initialize(source)
-
-        init_ms = median_ms(init, 2, 1, device)
+        init_ms = median_ms(lambda: avatar.initialize(source), 2, 1, device)
         frame_ms = median_ms(lambda: avatar.render(keypoints), frames, 20, device)
         executed = avatar.frame_net.macs() / 1e9
-        peak = peaks.get(precision, peaks["fp32"])
-        entry = {"init_ms": init_ms, "frame_ms": frame_ms, "floor_ms": 2 * counted / peak * 1e3,
-                 "floor_executed_ms": 2 * executed / peak * 1e3}
+        peak = peaks.get(avatar.precision, peaks["fp32"])
+        entry = {"precision": avatar.precision, "precision_note": avatar.precision_note, "init_ms": init_ms,
+                 "frame_ms": frame_ms, "floor_ms": 2 * counted / peak * 1e3, "floor_executed_ms": 2 * executed / peak * 1e3}
         with torch.inference_mode():
             images = torch.cat([avatar.render(p[None])[0].float().cpu() for p in poses])
+        texture = avatar.state.texture.cpu().numpy()
         if name == "torch/fp32":
-            reference = images
+            reference = images, texture
         elif reference is not None:
-            entry["psnr_db"] = psnr(images.numpy(), reference.numpy())
+            entry["psnr_db"] = psnr(images.numpy(), reference[0].numpy())
+            entry["texture_psnr_db"] = psnr(texture, reference[1])
+        photo_runs = []
+
+        def from_photo() -> None:
+            photo_runs[:] = [Avatar.from_image(photo, model, backend, precision)]
+
+        entry["photo_init_ms"] = median_ms(from_photo, 2, 1, device)
+        entry["init_stages_ms"] = photo_runs[-1].init_stages_ms
         results[name] = entry
-        quality = f"   PSNR {entry['psnr_db']:.1f} dB" if "psnr_db" in entry else ""
-        print(f"  {name:18s} init {init_ms:8.1f} ms   frame {frame_ms:7.2f} ms   floor {entry['floor_ms']:6.2f} ms "
-              f"({frame_ms / entry['floor_ms']:.2f}x)   executed floor {entry['floor_executed_ms']:6.2f} ms "
+        quality = "".join(f"   {what} {entry[key]:.1f} dB" for what, key in
+                          (("PSNR", "psnr_db"), ("texture", "texture_psnr_db")) if key in entry)
+        print(f"  {name:18s} init {init_ms:7.1f} ms   photo->avatar {entry['photo_init_ms']:7.1f} ms   "
+              f"frame {frame_ms:6.2f} ms ({avatar.precision})   floor {entry['floor_ms']:5.2f} ms "
+              f"({frame_ms / entry['floor_ms']:.2f}x)   executed floor {entry['floor_executed_ms']:5.2f} ms "
               f"({frame_ms / entry['floor_executed_ms']:.2f}x){quality}")
+        print("    " + ", ".join(f"{k} {v:.0f}" for k, v in entry["init_stages_ms"].items()) + " ms")
     return {"gmacs_executed": executed, "gmacs_paper_count": counted, "backends": results}
 
 
@@ -270,7 +292,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="OUT.json")
     p.add_argument("--sizes", nargs="+", default=["small", "medium", "large"])
-    p.add_argument("--backends", nargs="+", choices=sorted(RUNNERS), help="default: all for the device")
+    p.add_argument("--backends", nargs="+", choices=sorted([*RUNNERS, "torch/auto", "onnxruntime/auto"]),
+                   help="default: all for the device")
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
@@ -283,9 +306,13 @@ def main() -> None:
     if device.type == "cpu":
         peaks["int8"] = int8_gemm_peak()
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    cpu, default = cpu_info(), plan("auto", "torch", device)
+    print(f"CPU: {cpu['name']} ({', '.join(cpu['flags']) or 'no AVX2'})")
     print(f"{where}, 256x256, batch 1; GEMM peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(f"default precision (auto): {default.frames} frames ({default})")
 
-    report: dict = {"gemm_gflops": peaks["fp32"], "gemm_gflops_by_precision": peaks, "device": where, "models": {}}
+    report: dict = {"gemm_gflops": peaks["fp32"], "gemm_gflops_by_precision": peaks, "device": where, "cpu": cpu,
+                    "default_precision": default.frames, "default_precision_note": str(default), "models": {}}
     details = {}
     for size in args.sizes:
         print(f"{size} (paper {PAPER_GMACS[size]} GMACs)")

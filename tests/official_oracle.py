@@ -363,7 +363,7 @@ def avatar_diffs(model, theirs: dict, backend: str = "torch", enhanced: bool = T
     from bilayer.runtime import Avatar
 
     source, target = frames(theirs)
-    avatar = Avatar(model, backend)
+    avatar = Avatar(model, backend, "fp32")
     avatar.initialize(source)
     image, mask = avatar.render(target.keypoints)
     return max_diff(image, theirs["enhanced_image" if enhanced else "image"]), max_diff(mask, theirs["mask"])

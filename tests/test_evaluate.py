@@ -112,7 +112,7 @@ def test_mask_threshold_cuts_every_mask(dataset_dir, checkpoint):
     model, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask="own", mask_threshold=0.5))
     src, tgt = _source_and_first_target(dataset_dir, ev.clips[0])
     assert ((src.mask > 0.01) & (src.mask < 0.99)).any()  # soft masks to cut
-    avatar = Avatar(model)
+    avatar = Avatar(model, precision="fp32")  # as the evaluation
     avatar.initialize(src.batch())
     image, mask = avatar.render(tgt.keypoints[None])  # (1, 3, H, W), (1, 1, H, W)
     (ours, target), (copy, _) = [(pred[0], target[0]) for pred, target, _ in calls[:2]]  # (3, H, W) each
@@ -130,7 +130,7 @@ def test_mask_modes_cut_every_image_with_one_mask(dataset_dir, checkpoint, mode)
     silhouettes in every mode."""
     model, ev, calls = _probe(checkpoint, dataset_dir, EvalConfig(split="all", mask=mode))
     src, tgt = _source_and_first_target(dataset_dir, ev.clips[0])
-    avatar = Avatar(model)
+    avatar = Avatar(model, precision="fp32")  # as the evaluation
     avatar.initialize(src.batch())
     image, mask = avatar.render(tgt.keypoints[None])  # (1, 3, H, W), (1, 1, H, W)
     cut = tgt.mask if mode == "target" else mask[0]

@@ -17,7 +17,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "bilayer"
 #: Bottom to top. A unit is a subpackage of bilayer or one of its top-level modules.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "config", "assets"),  # foundation: one-line errors, typed configs, shipped files
+    ("errors", "config", "assets", "timing", "hardware"),  # foundation: one-line errors, typed configs, shipped files,
+    # stage timers, what the machine computes fast
     ("io",),  # atomic files, JSON, locks, images, the video writer
     ("nets", "perceptual"),  # the five networks; pretrained feature networks
     ("checkpoint",),  # weights + the config that built them

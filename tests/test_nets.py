@@ -132,7 +132,7 @@ def test_render_does_not_touch_initialization_networks():
         return hook
 
     model.embedder.register_forward_hook(counter("embedder"))
-    model.texture_generator.register_forward_hook(counter("texture_generator"))
+    model.texture_generator.head.register_forward_hook(counter("texture_generator"))
     model.inference_generator.projector.register_forward_hook(counter("projector"))
     x = dummy_batch(cfg, b=1)
     avatar = Avatar(model)

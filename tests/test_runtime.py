@@ -76,12 +76,13 @@ def test_fold_rejects_a_batch_of_avatars():
         fold_generator(model.inference_generator, state.inference_params, state.texture)
 
 
-def test_render_of_source_keypoints_reproduces_the_init_render():
+def test_render_of_source_keypoints_reproduces_the_unfolded_render():
     avatar, x = tiny_avatar()
     assert isinstance(avatar.frame_net, FrameNet)
     image, mask = avatar.render(x.keypoints[0].numpy())
-    ref_image, ref_mask = avatar.source_render
-    assert relative_error(image, ref_image) <= 1e-5 and relative_error(mask, ref_mask) <= 1e-5
+    with torch.no_grad():
+        reference = avatar.model.render(x.keypoints, avatar.state)
+    assert relative_error(image, reference.image) <= 1e-5 and relative_error(mask, reference.mask) <= 1e-5
 
 
 @pytest.mark.parametrize("backend", ["torch/bf16", "onnxruntime/fp32", "onnxruntime/int8"])
@@ -94,7 +95,7 @@ def test_backends_match_torch_fp32(backend):
     model = BilayerModel(tiny_config())
     randomize_norm_stats(model)
     x = dummy_batch(model.cfg, b=1)
-    reference = Avatar(model)
+    reference = Avatar(model, precision="fp32")
     reference.initialize(x)
     avatar = Avatar(model, *backend.split("/"))
     avatar.initialize(x)
@@ -120,9 +121,11 @@ def test_cli_backend_choices_are_the_runners_and_help_stays_light():
 
     assert list(RUNNERS) == [f"{b}/{p}" for b, ps in RUNNER_PRECISIONS.items() for p in ps]
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    for command in ("animate", "demo"):
+    for command in ("animate", "demo", "serve"):
         actions = {a.dest: a for a in commands[command]._actions}
         assert actions["backend"].choices == BACKENDS and actions["precision"].choices == PRECISIONS
+        assert actions["precision"].default == "auto" == PRECISIONS[0]
+    assert {a.dest: a for a in commands["export"]._actions}["precision"].default == "auto"
     code = "import sys; from bilayer.cli.main import build_parser; build_parser(); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -155,10 +158,8 @@ def test_one_video_codec_choice():
 def test_unknown_backend_is_an_input_error():
     from bilayer.errors import InputError
 
-    avatar = Avatar(BilayerModel(tiny_config()), "torch", "int8")
-    x = dummy_batch(avatar.model.cfg, b=1)
     with pytest.raises(InputError, match="torch/int8"):
-        avatar.initialize(x)
+        Avatar(BilayerModel(tiny_config()), "torch", "int8")
 
 
 def test_relative_motion_keeps_the_source_shape():
@@ -197,6 +198,7 @@ def test_animate_keeps_frame_count_rate_and_audio(media_dir, sample_video, tiny_
     code, stdout, _ = run_animate(capsys, "--source", media_dir / "bob" / "portrait.png", "--driver", sample_video,
                                   "--out", out, "--checkpoint", tiny_checkpoint)
     assert code == 0 and "50 frames" in stdout
+    assert "(torch/bf16: " in stdout or "(torch/fp32: " in stdout  # --precision auto, resolved and explained
     assert probe(out) == (50, (64, 64), 25.0, 1)  # 2 s at 25 fps, audio kept
 
 
@@ -372,19 +374,24 @@ def test_demo_out_that_is_a_file_is_one_line(tmp_path, capsys):
     assert f"{file}: not a folder" in err and len(err.strip().splitlines()) == 1
 
 
-def test_photo_crops_free_their_detectors(media_dir):
-    """Every source crop builds MediaPipe graphs (native threads): they are closed after use, so a
-    long-running process (the server) does not grow with each avatar."""
+def test_photo_crops_share_one_loaded_annotator(media_dir):
+    """Source crops reuse one loaded annotator per (size, profile): a long-running process (the
+    server) neither reloads the detectors nor grows (MediaPipe graphs hold native threads) with
+    each avatar; each crop reports its stages."""
     import os
 
-    from bilayer.runtime.faces import crop_source
+    from bilayer.runtime.faces import FACE_STAGES, crop_source, photo_annotator
+    from bilayer.timing import StageTimer
 
     photo = media_dir / "bob" / "portrait.png"
     crop_source(photo, 64)
     before = len(os.listdir("/proc/self/task"))
     for _ in range(3):
-        crop_source(photo, 64)
+        timer = StageTimer()
+        crop_source(photo, 64, timer=timer)
+        assert set(timer.seconds) == set(FACE_STAGES.values()) and all(v > 0 for v in timer.seconds.values())
     assert len(os.listdir("/proc/self/task")) == before
+    assert photo_annotator(64, "bilayer")[1] is photo_annotator(64, "bilayer")[1]
 
 
 def test_quiet_stderr_from_several_threads_leaves_stderr_working():

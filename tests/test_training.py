@@ -3,6 +3,7 @@ networks, resume, the NaN guard, checkpoints and the CLI."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from bilayer.losses import Objective
 from bilayer.nets import NETWORKS, apply_mask
 from bilayer.training import loop
 from bilayer.training.config import TrainConfig, load_train_config, train_config
-from bilayer.training.data import StreamSampler, open_dataset
+from bilayer.training.data import StreamSampler, open_dataset, random_pair
 from bilayer.training.loop import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,6 +217,38 @@ def test_joint_updater_trains_g_upd_in_the_base_stage(dataset_dir, tmp_path):
     assert load_model(tmp_path / "run" / "checkpoints" / "base.pt")[0].cfg.upd_steps == cfg.model.upd_steps
 
 
+@pytest.mark.parametrize("stage", ["base", "updater"])
+def test_bf16_step_on_cpu_matches_fp32_and_keeps_float32_state(tmp_path, stage):
+    """`precision: bf16` (autocast): from the same weights and batch, every loss term of a step is
+    finite, float32 and within a few % of fp32's; parameters, buffers (BatchNorm statistics,
+    spectral-norm vectors) and Adam's moments stay float32. The face term at the demo's weight."""
+    pair = random_pair(tiny().model, 4, torch.Generator().manual_seed(0))
+    trainers = {p: Trainer(tiny("device=cpu", "loss.face=10", f"precision={p}"), None, tmp_path / p)
+                for p in ("fp32", "bf16")}
+    bf16 = trainers["bf16"]
+    bf16.model.load_state_dict(trainers["fp32"].model.state_dict())
+    bf16.discriminator.load_state_dict(trainers["fp32"].discriminator.state_dict())
+    (fp32_losses, _), (losses, result) = (t.step(t.prepare(stage), *pair, 0) for t in trainers.values())
+
+    assert losses.keys() == fp32_losses.keys()
+    for name, value in losses.items():
+        assert math.isfinite(value), name
+        assert value == pytest.approx(fp32_losses[name], rel=0.03), name
+    assert {t.dtype for t in result.losses.values()} == {torch.float32}
+    tensors = [*bf16.model.state_dict().values(), *bf16.discriminator.state_dict().values()]
+    tensors += [v for opt in bf16.optimizers.values() for state in opt.state.values() for v in state.values()]
+    assert bf16.optimizers["discriminator"].state  # Adam stepped
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.float32}
+
+
+@pytest.mark.parametrize("native, expected", [(None, ("fp32", None)), ("AMX-BF16", ("bf16", torch.bfloat16))])
+def test_auto_precision_trains_bf16_only_where_the_device_has_it(monkeypatch, tmp_path, native, expected):
+    monkeypatch.setattr(loop, "native_bf16", lambda device: native)
+    trainer = Trainer(tiny("device=cpu", "precision=auto"), None, tmp_path / "run")
+    assert (trainer.precision, trainer.amp_dtype) == expected
+    assert not any(scaler.is_enabled() for scaler in trainer.scalers.values())
+
+
 @pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(dataset_dir, tmp_path):
     cfg = tiny("base.iterations=3", "updater.iterations=2", "base.batch_size=2", "updater.batch_size=2",
@@ -405,6 +438,27 @@ def test_dlib_frame_stands_in_for_vgg19_on_the_whole_frame():
     (grad_face,) = torch.autograd.grad(perceptual_l1(face, fake, real, keypoints), fake)
     assert grad_frame[corner].abs().sum() > 0 and grad_face[corner].abs().sum() == 0
     assert grad_face.abs().sum() > 0
+
+
+def test_face_chip_alignment_stays_float32_under_bf16_autocast():
+    """The face term's chip is aligned in float32 in a bf16 step: in bfloat16 its pixel coordinates
+    were off by up to a pixel and the features by 15-60 %; now only the network's rounding remains."""
+    from bilayer.losses import LossWeights
+    from bilayer.training.config import PerceptualConfig
+    from bilayer.training.perceptual import perceptual_nets
+
+    _, face, _ = perceptual_nets(PerceptualConfig(), LossWeights())
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 256, 256, generator=generator) * 2 - 1
+    grid = torch.linspace(-0.5, 0.5, 9)
+    keypoints = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(1, 81, 2)[:, :68].repeat(2, 1, 1)
+    keypoints += 0.02 * torch.randn(keypoints.shape, generator=generator)
+    with torch.no_grad():
+        reference = face(image, keypoints)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features = face(image, keypoints)
+    for f, r in zip(features, reference, strict=True):
+        assert (f.float() - r).norm() / r.norm() < 0.02
 
 
 @pytest.mark.slow

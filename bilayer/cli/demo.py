@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.quiet, side_by_side_out=outputs["side by side"],
                 contact_sheet=outputs["contact sheet"])
     print(f"demo: {r.frames} frames of {source}; init {r.init_ms:.0f} ms, render {r.frame_ms:.1f} ms/frame "
-          f"({args.backend}/{args.precision}); {time.perf_counter() - start:.0f} s in all")
+          f"({args.backend}/{r.precision}: {r.precision_note}); {time.perf_counter() - start:.0f} s in all")
     for what, path in outputs.items():
         print(f"  {what:13s} {path}")
     return 0

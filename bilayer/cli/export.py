@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from bilayer.runtime.choices import INIT_PRECISIONS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the per-frame network to ONNX (parity-checked with ONNX Runtime)")
@@ -13,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--texture-input", action="store_true",
                    help="texture as a second input instead of a baked constant (written to OUT.npz; "
                         "not with --generic, whose texture is always an input)")
+    p.add_argument("--precision", choices=INIT_PRECISIONS, default="auto",
+                   help="of the avatar's initialization (auto: bf16 where the CPU has it natively, fp32 elsewhere); "
+                        "the graph computes in fp32, or fp16 with --fp16")
     p.add_argument("--generic", action="store_true",
                    help="one graph for every avatar: texture and adaptive parameters are inputs "
                         "(with --source, that avatar's tensors are written to OUT.npz)")
@@ -22,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bilayer.export.onnx import export
 
-    r = export(args.checkpoint, args.out, args.source, args.generic, args.fp16, args.texture_input)
-    print(f"{r.path}: ONNX Runtime vs PyTorch: {r.parity}" + (f"; inputs in {r.sidecar}" if r.sidecar else ""))
+    r = export(args.checkpoint, args.out, args.source, args.generic, args.fp16, args.texture_input, args.precision)
+    print(f"{r.path}: ONNX Runtime vs PyTorch: {r.parity}" + (f"; inputs in {r.sidecar}" if r.sidecar else "")
+          + f"; initialization: {r.initialization}")
     return 0

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", metavar="T", help="require this token on every request (generated and printed when "
                                                 "--host is not a loopback address and none is given)")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 where the CPU or GPU has it natively and each avatar's frames pass the quality "
+                        "check, fp32 elsewhere (as animate)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-photo-mb", type=positive, default=DEFAULTS.max_photo_bytes // MB, metavar="N")
     limits.add_argument("--max-video-mb", type=positive, default=DEFAULTS.max_video_bytes // MB, metavar="N")
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bilayer.errors import InputError
     from bilayer.runtime.backends import check_backend
+    from bilayer.runtime.precision import plan
     from bilayer.server.app import create_app
 
     if args.token is not None and not args.token.strip():
@@ -59,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     )
     app = create_app(config)  # reads the checkpoint: a one-line error if it is missing or not one
     host = f"[{args.host}]" if ":" in args.host else args.host
+    chosen = plan(args.precision, args.backend, next(app.state.server.model.parameters()).device)
+    print(f"bilayer serve: {args.backend}/{chosen.frames} frames ({chosen})", flush=True)
     print(f"bilayer serve: open http://{host}:{args.port}/" + (f"?token={token}" if token else ""), flush=True)
     if generated:
         print(f"bilayer serve: {args.host} is reachable from other machines, so every request needs the token above "

@@ -195,7 +195,7 @@ def evaluate(
     dataset = PairDataset(data, DatasetConfig(split=cfg.split, test_fraction=cfg.test_fraction),
                           image_size=model.cfg.image_size, profile=model.cfg.preprocessing)
     clips = select_clips(dataset, cfg.max_clips, cfg.clips_per_identity)
-    avatar = Avatar(model)
+    avatar = Avatar(model, precision="fp32")  # scores that do not depend on the CPU
     names = [*metrics, *(SSIM_REGIONS if "ssim" in metrics else ()), "mask_iou"]
     result = Evaluation(scores={m: {name: [] for name in names} for m in METHODS})
     for clip in clips:

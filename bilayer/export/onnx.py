@@ -18,6 +18,7 @@ from bilayer.data.frame import Frame
 from bilayer.errors import InputError
 from bilayer.io.files import atomic_path
 from bilayer.metrics.psnr import psnr
+from bilayer.runtime.choices import INIT_PRECISIONS
 from bilayer.runtime.onnx import GenericFrameNet, avatar_onnx, generic_onnx
 
 
@@ -47,6 +48,7 @@ class ExportResult:
     path: Path
     parity: Parity
     sidecar: Path | None  # avatar tensors the graph takes as inputs (texture / params), if any
+    initialization: str  # the precision of the avatar's one-time networks, and why (`Avatar.precision_note`)
 
 
 def check_parity(model: onnx.ModelProto, reference: nn.Module, feeds: dict[str, np.ndarray], fp16: bool) -> Parity:
@@ -63,10 +65,11 @@ def check_parity(model: onnx.ModelProto, reference: nn.Module, feeds: dict[str, 
 
 
 def export(checkpoint: str | Path | None, out: str | Path, source: str | Path | None = None, generic: bool = False,
-           fp16: bool = False, texture_input: bool = False) -> ExportResult:
+           fp16: bool = False, texture_input: bool = False, precision: str = "auto") -> ExportResult:
     """`bilayer export`: the per-avatar graph of `source`, or the generic graph; parity-checked,
     then written atomically. The sidecar (`out` with .npz) holds the avatar's input tensors.
-    checkpoint None: the shipped demo model."""
+    checkpoint None: the shipped demo model. `precision` ("auto", "fp32" or "bf16"): the avatar's
+    initialization, as in `Avatar` (the graph computes in float32, or float16 with `fp16`)."""
     from bilayer.checkpoint import load_model, resolve_checkpoint
     from bilayer.io.files import check_output_file
     from bilayer.runtime.avatar import Avatar
@@ -77,13 +80,15 @@ def export(checkpoint: str | Path | None, out: str | Path, source: str | Path | 
         raise InputError("export of an avatar needs --source PHOTO (or --generic)")
     if generic and texture_input:
         raise InputError("--texture-input is for a per-avatar export (the --generic graph always takes the texture)")
+    if precision not in INIT_PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(INIT_PRECISIONS)}, got {precision!r}")
     checkpoint = resolve_checkpoint(checkpoint)
     if source is not None:
-        avatar = Avatar.from_image(source, checkpoint)
+        avatar = Avatar.from_image(source, checkpoint, precision=precision)
         anchor = avatar.source_face.keypoints
     else:
         model, _ = load_model(checkpoint)
-        avatar = Avatar(model)
+        avatar = Avatar(model, precision=precision)
         s = model.cfg.image_size  # an avatar of a blank source: the graph's shapes only
         avatar.initialize(Frame(torch.zeros(1, 3, s, s), torch.full((1, 3, s, s), -1.0), torch.zeros(1, 68, 2),
                                 torch.ones(1, 1, s, s)))
@@ -109,4 +114,4 @@ def export(checkpoint: str | Path | None, out: str | Path, source: str | Path | 
         if sidecar is not None:  # renamed into place just before the graph: never a graph without it
             with atomic_path(sidecar) as tmp_npz:
                 np.savez(tmp_npz, **arrays)
-    return ExportResult(out, result, sidecar)
+    return ExportResult(out, result, sidecar, avatar.precision_note)

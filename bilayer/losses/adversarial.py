@@ -2,19 +2,23 @@
 
 Scores are PatchGAN matrices (B, 1, H_s, W_s). The relativistic average of Eqs. 10-11 subtracts the
 mini-batch mean of the *opposite* set's score matrix, position by position (the paper's
-1/N sum over the batch; the released code averaged over the patches as well).
+1/N sum over the batch; the released code averaged over the patches as well). The losses are
+computed in float32, also from the bfloat16 / float16 scores of an autocast step.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from bilayer.losses.reconstruction import mean_abs
+
 
 def relativistic_scores(real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
     """Eqs. 10-11: s = D(x) - mean_n D(x_hat_n), s_hat = D(x_hat) - mean_n D(x_n).
 
-    real, fake: (B, 1, H_s, W_s) raw scores -> relativistic scores of the same shapes.
+    real, fake: (B, 1, H_s, W_s) raw scores -> relativistic scores of the same shapes, float32.
     """
+    real, fake = real.float(), fake.float()
     return real - fake.mean(0, keepdim=True), fake - real.mean(0, keepdim=True)
 
 
@@ -36,4 +40,4 @@ def feature_matching(real: list[Tensor], fake: list[Tensor]) -> Tensor:
     The norm is averaged over all elements (channels too), as in the released code whose loss
     weights the paper reports.
     """
-    return torch.stack([(f - r.detach()).abs().mean() for r, f in zip(real, fake, strict=True)]).mean()
+    return torch.stack([mean_abs(f - r.detach()) for r, f in zip(real, fake, strict=True)]).mean()

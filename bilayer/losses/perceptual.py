@@ -12,6 +12,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from bilayer.losses.reconstruction import mean_abs
+
 
 class PerceptualNet(Protocol):
     def __call__(self, image: Tensor, keypoints: Tensor) -> list[Tensor]:
@@ -24,4 +26,4 @@ def perceptual_l1(net: PerceptualNet, fake: Tensor, real: Tensor, keypoints: Ten
     with torch.no_grad():
         real_feats = net(real, keypoints)
     fake_feats = net(fake, keypoints)
-    return torch.stack([(f - r).abs().mean() for f, r in zip(fake_feats, real_feats, strict=True)]).mean()
+    return torch.stack([mean_abs(f - r) for f, r in zip(fake_feats, real_feats, strict=True)]).mean()

@@ -57,9 +57,15 @@ def prefixed(prefix: str, specs: Specs) -> Specs:
 
 
 def adaptive_conv1x1(x: Tensor, p: Tensor) -> Tensor:
-    """Per-sample 1x1 convolution. x: (B|1, C_in, H, W); p: (B|1, C_out, C_in + 1)."""
+    """Per-sample 1x1 convolution. x: (B|1, C_in, H, W); p: (B|1, C_out, C_in + 1). A
+    channels-last x (the runtime's layout) is multiplied as its (B, H*W, C_in) rows, without
+    copies, and the result is channels-last too."""
     b, c, h, w = x.shape
     weight, bias = p[..., :-1], p[..., -1:]  # (B, C_out, C_in), (B, C_out, 1)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        rows = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view of the (B, H, W, C) memory
+        out = torch.matmul(rows, weight.transpose(1, 2)) + bias.transpose(1, 2)  # (B, H*W, C_out)
+        return out.reshape(out.shape[0], h, w, -1).permute(0, 3, 1, 2)
     out = torch.matmul(weight, x.reshape(b, c, h * w)) + bias  # (B, C_out, H*W)
     return out.reshape(out.shape[0], -1, h, w)
 

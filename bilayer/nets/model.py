@@ -21,6 +21,7 @@ from bilayer.nets.inference_generator import InferenceGenerator
 from bilayer.nets.layers import Params, apply_mask
 from bilayer.nets.texture_generator import TextureGenerator
 from bilayer.nets.updater import TextureUpdater
+from bilayer.timing import Stage, untimed
 
 
 @dataclass
@@ -68,13 +69,18 @@ class BilayerModel(nn.Module):
         self.updater = TextureUpdater(cfg)
 
     def initialize(self, source_image: Tensor, source_landmark_image: Tensor,
-                   source_mask: Tensor | None = None) -> AvatarState:
-        """source_image, source_landmark_image: (B, [N,] 3, H, W); mask (B, [N,] 1, H, W) or None."""
-        embeddings = self.embedder(source_image, source_landmark_image, source_mask)
-        return AvatarState(
-            inference_params=self.inference_generator.adaptive_params(embeddings),
-            texture=self.texture_generator(embeddings),
-        )
+                   source_mask: Tensor | None = None, stage: Stage = untimed) -> AvatarState:
+        """source_image, source_landmark_image: (B, [N,] 3, H, W); mask (B, [N,] 1, H, W) or None.
+        `stage` wraps each phase ("embedder", "projections", "texture generator"; the runtime
+        times them)."""
+        with stage("embedder"):
+            embeddings = self.embedder(source_image, source_landmark_image, source_mask)
+        with stage("projections"):
+            inference_params = self.inference_generator.adaptive_params(embeddings)
+            texture_params = self.texture_generator.adaptive_params(embeddings)
+        with stage("texture generator"):
+            texture = self.texture_generator.generate(texture_params, embeddings[0].shape[0])
+        return AvatarState(inference_params, texture)
 
     def render(self, keypoints: Tensor, state: AvatarState) -> Rendered:
         """keypoints: (B, 68, 2) in [-1, 1] -> the synthesized frame and its layers."""
@@ -83,12 +89,13 @@ class BilayerModel(nn.Module):
         return Rendered(out.lf + hf, out.lf, hf, out.mask_logit, out.grid, out.warp_delta)
 
     def refine(self, state: AvatarState, source_keypoints: Tensor, source_image: Tensor,
-               steps: int | None = None) -> AvatarState:
+               steps: int | None = None, stage: Stage = untimed) -> AvatarState:
         """Refine the texture with G_upd, guided by L_upd = cfg.guide_loss_scale x the sum of
         squares on the SOURCE frame's foreground: rendering and source both cut with the mask
         predicted at the source pose (Sec. 3.4, as every image loss; the released code's
-        `enh_apply_masks`), so the texture is not steered to paint the background."""
-        with torch.no_grad():
+        `enh_apply_masks`), so the texture is not steered to paint the background. `stage` wraps
+        the source render ("updater guide") and each step ("updater step m")."""
+        with torch.no_grad(), stage("updater guide"):
             src = self.inference_generator(source_keypoints, state.inference_params)
             mask = torch.sigmoid(src.mask_logit)  # (B, 1, H, W)
             source = apply_mask(source_image, mask)
@@ -98,4 +105,4 @@ class BilayerModel(nn.Module):
         def guide_loss(texture: Tensor) -> Tensor:
             return scale * ((apply_mask(src.lf + warp_texture(texture, src.grid, align), mask) - source) ** 2).sum()
 
-        return replace(state, texture=self.updater.refine(state.texture, guide_loss, steps))
+        return replace(state, texture=self.updater.refine(state.texture, guide_loss, steps, stage))

@@ -45,9 +45,7 @@ class TextureGenerator(nn.Module):
     def adaptive_params(self, embeddings: list[Tensor]) -> list[Params]:
         return self.projector(embeddings)
 
-    def forward(self, embeddings: list[Tensor]) -> Tensor:
-        """embeddings: K x (B, C_k, 8, 8) -> texture (B, 3, H, W) in [-1, 1]."""
-        params = self.adaptive_params(embeddings)
-        b = embeddings[0].shape[0]
-        x = self.input.expand(b, -1, -1, -1)  # (B, C_0, 4, 4)
+    def generate(self, params: list[Params], batch: int) -> Tensor:
+        """Adaptive params (batch B) -> texture (B, 3, H, W) in [-1, 1]."""
+        x = self.input.expand(batch, -1, -1, -1)  # (B, C_0, 4, 4)
         return torch.tanh(self.head(self.decoder.decode(x, params)))

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from bilayer.config import ModelConfig
 from bilayer.nets.layers import ResBlock, UpResBlock, conv
+from bilayer.timing import Stage, untimed
 
 
 class TextureUpdater(nn.Module):
@@ -35,15 +36,18 @@ class TextureUpdater(nn.Module):
         x = self.stem(torch.cat([texture, grad], dim=1))
         return torch.tanh(self.out(self.up(self.body(self.down(x)))))
 
-    def refine(self, texture: Tensor, guide_loss: Callable[[Tensor], Tensor], steps: int | None = None) -> Tensor:
+    def refine(self, texture: Tensor, guide_loss: Callable[[Tensor], Tensor], steps: int | None = None,
+               stage: Stage = untimed) -> Tensor:
         """M steps of Eq. 7. `guide_loss(texture)` is L_upd on the SOURCE frame (scaled sum of squares).
 
         The guiding gradients are inputs only (detached); the returned texture stays attached
-        to G_upd's graph, so the target objective back-propagates through all M copies.
+        to G_upd's graph, so the target objective back-propagates through all M copies. `stage`
+        wraps each step ("updater step 1" ...).
         """
-        for _ in range(self.steps if steps is None else steps):
-            with torch.enable_grad():
-                leaf = texture.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(guide_loss(leaf), leaf)
-            texture = texture + self(texture, grad.detach())
+        for m in range(self.steps if steps is None else steps):
+            with stage(f"updater step {m + 1}"):
+                with torch.enable_grad():
+                    leaf = texture.detach().requires_grad_(True)
+                    (grad,) = torch.autograd.grad(guide_loss(leaf), leaf)
+                texture = texture + self(texture, grad.detach())
         return texture

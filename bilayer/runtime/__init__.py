@@ -1,14 +1,14 @@
 """Per-avatar runtime (docs/runtime.md): initialize once from one photo, render cheaply per frame.
 
-* `avatar.py`  tensor-level wrapper: `Avatar.init` / `Avatar.from_image`, `Avatar.render`;
+* `avatar.py`  tensor-level wrapper: `Avatar.initialize` / `Avatar.from_image`, `Avatar.render`;
 * `fold.py`    App. A.3: the per-frame network of one avatar as a static `FrameNet`;
-* `backends.py` torch (fp32, bf16, fp16) and ONNX Runtime (fp32, fp16, int8) runners (their names
-  in `choices.py`);
-* `pipeline.py` files in, video out (`bilayer animate`), with `faces.py`, `motion.py`, `video.py`.
+* `backends.py` torch (fp32, bf16, fp16; `onednn.py` on CPUs) and ONNX Runtime (fp32, fp16, int8)
+  runners (their names in `choices.py`); `precision.py` resolves "auto" from what the device has;
+* `pipeline.py` files in, video out (`bilayer animate`), with `faces.py`, `motion.py`, `paste.py`.
 
 Imports nothing from training or losses; from data only the landmark renderer and, when files
 are involved, the preprocessing's face annotator and media reader. The exports below are loaded
-on first use, so that light modules (`choices.py`, `files.py`, `video.py`) import without torch.
+on first use, so that light modules (`choices.py`) import without torch.
 """
 from __future__ import annotations
 

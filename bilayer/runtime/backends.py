@@ -4,10 +4,12 @@ Every runner maps keypoints (B, 68, 2) float32 in [-1, 1] to (image (B, 3, H, W)
 mask (B, 1, H, W) in [0, 1]) as float32 tensors (torch: on the network's device). Names are
 "backend/precision":
 
-  torch/fp32         eager PyTorch (oneDNN convolutions), float32
-  torch/bf16         MLP and blocks in bfloat16 (AVX512-BF16/AMX where the CPU has them); the
-                     head (warp field) and texture lookup in float32
-  torch/fp16         the same in float16 (for GPUs)
+  torch/fp32         PyTorch, float32: on a CPU with oneDNN `OneDnnFrameNet` (prepacked weights,
+                     fused activations and skips), elsewhere the eager `FrameNet`
+  torch/bf16         the same in bfloat16 (AMX / AVX512-BF16 where the CPU has them) up to the
+                     head; the warp grid, texture lookup and outputs in float32 (the eager
+                     fallback keeps the head in float32 too)
+  torch/fp16         eager, MLP and blocks in float16 (for GPUs)
   onnxruntime/fp32   ONNX Runtime CPU, all graph optimizations (NCHWc layouts, fused activations)
   onnxruntime/fp16   float16 weights and compute (the paper's mobile setting, A.3)
   onnxruntime/int8   static int8 quantization calibrated on the avatar's keypoints
@@ -22,6 +24,8 @@ import torch
 from torch import Tensor
 
 from bilayer.errors import InputError
+from bilayer.runtime import onednn
+from bilayer.runtime.choices import RUNNER_PRECISIONS
 from bilayer.runtime.fold import FrameNet
 
 
@@ -30,18 +34,22 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """Eager PyTorch, channels-last activations (oneDNN's fastest convolution layouts on CPU),
-    on the device the network lives on."""
+    """PyTorch on the device the network lives on: `OneDnnFrameNet` where `onednn.supported`,
+    else an eager copy with channels-last activations (MLP and blocks at `dtype`; the head, grid
+    and texture stay float32)."""
 
     def __init__(self, net: FrameNet, dtype: torch.dtype = torch.float32):
-        net = copy.deepcopy(net).to(memory_format=torch.channels_last)
-        net.mlp.to(dtype)  # the head (warp field), grid and texture stay float32
-        net.blocks.to(dtype)
-        self.net = net
+        self.device = net.grid0.device
+        if onednn.supported(self.device, dtype):
+            self.net = onednn.OneDnnFrameNet(net, dtype)
+        else:
+            self.net = copy.deepcopy(net).to(memory_format=torch.channels_last)
+            self.net.mlp.to(dtype)
+            self.net.blocks.to(dtype)
 
     @torch.inference_mode()
     def __call__(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
-        return self.net(keypoints.to(self.net.grid0.device))
+        return self.net(keypoints.to(self.device))
 
 
 class OrtRunner:
@@ -85,9 +93,10 @@ RUNNERS: dict[str, RunnerFactory] = {
 
 
 def check_backend(backend: str, precision: str) -> str:
+    """"backend/precision" when a runner (or "auto", which `precision.plan` resolves) exists."""
     name = f"{backend}/{precision}"
-    if name not in RUNNERS:
-        raise InputError(f"backend {name!r} is not available (choose from {', '.join(RUNNERS)})")
+    if name not in RUNNERS and not (precision == "auto" and backend in RUNNER_PRECISIONS):
+        raise InputError(f"backend {name!r} is not available (choose from {', '.join(RUNNERS)}, or precision auto)")
     return name
 
 

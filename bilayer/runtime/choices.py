@@ -9,7 +9,11 @@ RUNNER_PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("fp32", "fp16", "int8"),
 }
 BACKENDS: tuple[str, ...] = tuple(RUNNER_PRECISIONS)
-PRECISIONS: tuple[str, ...] = tuple(dict.fromkeys(p for ps in RUNNER_PRECISIONS.values() for p in ps))
+#: What users may ask for: "auto" (bf16 where the CPU or GPU computes it natively and the frames pass a
+#: quality check, fp32 elsewhere: `precision.plan`) or a runner precision.
+PRECISIONS: tuple[str, ...] = ("auto", *dict.fromkeys(p for ps in RUNNER_PRECISIONS.values() for p in ps))
+#: Precisions of an avatar's one-time networks alone (`bilayer export`, whose graph has its own).
+INIT_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 #: Output background -> its value in [-1, 1] behind the predicted mask; "none": the raw render. The
 #: model learns only the foreground (Sec. 3.4), so what it paints behind the mask is untrained.

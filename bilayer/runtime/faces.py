@@ -10,6 +10,7 @@ of being re-detected independently on every frame (no crop jitter), unless asked
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from bilayer.config import Profile
 from bilayer.data.frame import Frame
 from bilayer.data.landmarks import landmark_image
 from bilayer.errors import InputError
+from bilayer.timing import StageTimer
 
 if TYPE_CHECKING:
     from bilayer.data.preprocess.annotator import CropMode, FaceAnnotator
@@ -67,16 +69,40 @@ def read_photo(photo: str | Path) -> np.ndarray:
         return next(reader.frames())[2]
 
 
-def crop_source(photo: str | Path | np.ndarray, size: int, profile: Profile = "bilayer") -> SourceFace:
+#: (size, profile) -> the loaded photo annotator and the lock that serializes its use. Loading the
+#: detectors takes about half a second; one set serves every photo of a process.
+_PHOTO_ANNOTATORS: dict[tuple[int, Profile], tuple[threading.Lock, FaceAnnotator]] = {}
+_PHOTO_ANNOTATORS_LOCK = threading.Lock()
+#: The annotator's stages -> the names of an avatar's initialization stages.
+FACE_STAGES = {"detect": "detection", "keypoints": "landmarks", "crop": "crop", "mask": "mask"}
+
+
+def photo_annotator(size: int, profile: Profile) -> tuple[threading.Lock, FaceAnnotator]:
+    """The process's annotator for source photos of `profile` at `size` (exact crop, with mask),
+    loaded on first use, and the lock to hold while using it."""
+    with _PHOTO_ANNOTATORS_LOCK:
+        if (size, profile) not in _PHOTO_ANNOTATORS:
+            _PHOTO_ANNOTATORS[size, profile] = threading.Lock(), annotator(size, True, profile, crop="exact")
+        return _PHOTO_ANNOTATORS[size, profile]
+
+
+def crop_source(photo: str | Path | np.ndarray, size: int, profile: Profile = "bilayer",
+                timer: StageTimer | None = None) -> SourceFace:
     """Detect the main face of a photo, crop it like the training data of `profile` (official: the
     released code's exact rule), keypoints and mask. A one-line InputError when no face is found
     or it is smaller than MIN_FACE_SIZE (the preprocessing's minimum: a smaller face gives no
-    usable avatar)."""
+    usable avatar). `timer` gets the time of each stage (`FACE_STAGES`)."""
     from bilayer.data.preprocess.geometry import MIN_FACE_SIZE
 
     frame = photo if isinstance(photo, np.ndarray) else read_photo(photo)
-    with annotator(size, with_mask=True, profile=profile, crop="exact") as face:
+    lock, face = photo_annotator(size, profile)
+    with lock:
+        face.reset()
+        before = dict(face.timer.seconds)
         found = face(frame)
+        if timer is not None:
+            for stage, name in FACE_STAGES.items():
+                timer.seconds[name] += face.timer.seconds.get(stage, 0.0) - before.get(stage, 0.0)
     name = "photo" if isinstance(photo, np.ndarray) else str(photo)
     if found is None:
         raise InputError(f"{name}: no face found")

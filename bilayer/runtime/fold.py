@@ -22,8 +22,6 @@ so it cannot move into the previous block's convs without dividing by gamma (not
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -78,12 +76,12 @@ def scale_out(weight: Tensor, bias: Tensor, scale: Tensor, shift: Tensor | float
 def make_layer(layer: type[nn.Module], weight: Tensor, bias: Tensor, **kwargs) -> nn.Module:
     """A plain Linear / Conv2d / ConvTranspose2d holding the given (already folded) tensors."""
     if layer is nn.Linear:
-        out = nn.Linear(weight.shape[1], weight.shape[0])
+        out = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
     else:  # conv weights are (C_out, C_in, k, k), transposed conv weights (C_in, C_out, k, k)
         cin, cout = weight.shape[:2] if layer is nn.ConvTranspose2d else weight.shape[1::-1]
-        out = layer(cin, cout, weight.shape[-1], **kwargs)
-    out.weight = nn.Parameter(weight.detach().clone().contiguous(), requires_grad=False)
-    out.bias = nn.Parameter(bias.detach().clone().contiguous(), requires_grad=False)
+        out = layer(cin, cout, weight.shape[-1], device="meta", **kwargs)  # no random init to overwrite
+    out.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format), requires_grad=False)
+    out.bias = nn.Parameter(bias.detach().clone(memory_format=torch.contiguous_format), requires_grad=False)
     return out
 
 
@@ -155,11 +153,11 @@ class SubpixelUpConv3x3(nn.Module):
 
 
 def subpixel_form(net: "FrameNet") -> "FrameNet":
-    """A copy of `net` with `SubpixelUpConv3x3` upsampling convs (for ONNX export)."""
-    net = copy.deepcopy(net)
-    for block in net.blocks:
-        block.conv2 = SubpixelUpConv3x3(block.conv2)
-    return net
+    """`net` with `SubpixelUpConv3x3` upsampling convs (for ONNX export); every other layer is
+    shared with `net`."""
+    blocks = [FrameBlock(b.norm1, b.conv1, SubpixelUpConv3x3(b.conv2), b.skip, b.slope) for b in net.blocks]
+    return FrameNet(net.mlp, blocks, net.head, (net.c0, net.s0), net.slope, net.grid0, net.texture,
+                    net.align_corners).eval().requires_grad_(False)
 
 
 class FrameBlock(nn.Module):
@@ -198,6 +196,12 @@ class FrameNet(nn.Module):
     @property
     def image_size(self) -> int:
         return self.grid0.shape[1]
+
+    def signature(self) -> tuple:
+        """Everything but the weights' values: nets with equal signatures trace to the same graph."""
+        layers = tuple((name, tuple(t.shape), t.dtype) for name, t in self.state_dict().items())
+        kinds = tuple(type(m).__name__ for m in self.modules())
+        return self.c0, self.s0, self.slope, self.align_corners, layers, kinds
 
     def forward(self, keypoints: Tensor, texture: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """keypoints: (B, 68, 2) in [-1, 1]; texture: (1, 3, H, W) unless baked in.

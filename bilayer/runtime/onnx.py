@@ -3,7 +3,10 @@
 Two graphs, both with `grid_sample` (ONNX GridSample, opset >= 16) and the LF + HF sum inside:
 
 * per avatar (`avatar_onnx`): the folded `FrameNet` of one avatar; the texture is baked in as a
-  constant, or is a second input (`texture_input=True`, e.g. to swap in an enhanced texture);
+  constant, or is a second input (`texture_input=True`, e.g. to swap in an enhanced texture).
+  Tracing takes about 0.3 s, so it runs once per network structure (`FrameNet.signature`): later
+  avatars get a copy of that graph with their own weights swapped in (the initializers are the
+  network's state dict, name for name);
 * generic (`generic_onnx`): the inference generator with spectral norm removed and everything
   identity-specific as inputs (texture and the adaptive BN affines / skip-conv weights of every
   block, named like `AvatarState.inference_params`), one file for every avatar.
@@ -14,11 +17,14 @@ computes in float16 with float32 inputs/outputs (the paper's mobile deployment r
 """
 from __future__ import annotations
 
+import copy
 import io
 import warnings
+from collections import OrderedDict
 from dataclasses import replace
 
 import onnx
+import onnx.numpy_helper
 import torch
 from torch import Tensor, nn
 
@@ -50,17 +56,43 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         return convert_float_to_float16(model, keep_io_types=True)
 
 
+#: Traced per-avatar graphs by (network signature, texture_input, fp16), the most recent last.
+_TRACES: OrderedDict[tuple, onnx.ModelProto] = OrderedDict()
+MAX_TRACES = 4
+
+
 def avatar_onnx(net: FrameNet, texture_input: bool = False, fp16: bool = False) -> onnx.ModelProto:
     """The per-frame network of one avatar (its upsampling convs in sub-pixel form, which ONNX
     Runtime runs fastest). texture_input: the texture (1, 3, H, W) is an input, not a constant."""
-    graph_net = subpixel_form(net).cpu()
-    keypoints = torch.zeros(1, 68, 2)
-    if not texture_input:
-        return _export(graph_net, (keypoints,), ["keypoints"], fp16)
-    if net.texture is None:
-        raise ValueError("texture_input export needs the avatar's texture to trace with")
-    texture, graph_net.texture = graph_net.texture, None
-    return _export(graph_net, (keypoints, texture), ["keypoints", "texture"], fp16)
+    graph_net = subpixel_form(net if net.grid0.device.type == "cpu" else copy.deepcopy(net).cpu())
+    args, names = (torch.zeros(1, 68, 2),), ["keypoints"]
+    if texture_input:
+        if net.texture is None:
+            raise ValueError("texture_input export needs the avatar's texture to trace with")
+        args, names = (*args, graph_net.texture), [*names, "texture"]
+        graph_net.texture = None
+    weights = graph_net.state_dict()
+    key = (graph_net.signature(), texture_input, fp16)
+    if key in _TRACES:
+        _TRACES.move_to_end(key)
+        return with_weights(_TRACES[key], weights)
+    model = _export(graph_net, args, names, fp16)
+    if {init.name for init in model.graph.initializer} == set(weights):  # reusable: every weight by name
+        _TRACES[key] = with_weights(model, weights)  # a copy: callers may change theirs
+        while len(_TRACES) > MAX_TRACES:
+            _TRACES.popitem(last=False)
+    return model
+
+
+def with_weights(template: onnx.ModelProto, weights: dict[str, Tensor]) -> onnx.ModelProto:
+    """A copy of `template` whose initializers hold `weights` (same names and shapes; each in the
+    template's element type, e.g. float16)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(template)
+    for init in model.graph.initializer:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+        init.CopyFrom(onnx.numpy_helper.from_array(weights[init.name].detach().numpy().astype(dtype), init.name))
+    return model
 
 
 class FrozenBatchNorm(nn.Module):

@@ -47,7 +47,7 @@ class AnimateOptions:
     relative: bool = False  # driver motion relative to its first frame, scaled to the source's face
     side_by_side: bool = False  # write source | driver | result
     backend: str = "torch"
-    precision: str = "fp32"
+    precision: str = "auto"  # or a runner precision of `backend` (choices.PRECISIONS)
     fps: float = 25.0  # frame rate of a keypoint track (a video keeps its own)
     max_frames: int | None = None
     background: str = "black"  # behind the predicted mask: a key of choices.BACKGROUNDS
@@ -86,6 +86,8 @@ class AnimateResult:
     faceless_frames: int  # driver frames without a detected face (previous pose reused)
     init_ms: float
     frame_ms: float  # median render time per frame
+    precision: str  # the runner's (`options.precision` resolved: "auto" -> "bf16" or "fp32")
+    precision_note: str  # why that precision (`Avatar.precision_note`)
 
 
 @dataclass
@@ -275,4 +277,5 @@ def animate(source: str | Path, out: str | Path, checkpoint: BilayerModel | str 
     if sheet is not None:
         sheet.write(contact_sheet)
     frame_ms = 1000 * float(np.median(times)) if times else 0.0
-    return AnimateResult(out, len(times), fps, has_audio, faceless, init_ms, frame_ms)
+    return AnimateResult(out, len(times), fps, has_audio, faceless, init_ms, frame_ms, avatar.precision,
+                         avatar.precision_note)

@@ -1,7 +1,7 @@
 """The FastAPI app of `bilayer serve`: the page (`static/`), the HTTP API and the live WebSocket
 (docs/serve.md).
 
-    POST /api/avatars                  multipart `photo` -> avatar {"id", "size", "crop", "bytes"}
+    POST /api/avatars                  multipart `photo` -> avatar {"id", "size", "crop", "bytes", "precision", ...}
     DELETE /api/avatars/{id}
     WS   /api/avatars/{id}/drive       binary JPEG camera frames in, binary JPEG renders out
     POST /api/avatars/{id}/animate     multipart `video` -> the mp4 (waits for it)
@@ -201,7 +201,8 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise
         _, png = cv2.imencode(".png", entry.avatar.source_face.image[..., ::-1])
         return {"id": avatar_id, "size": entry.avatar.model.cfg.image_size, "bytes": entry.nbytes,
-                "crop": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()}
+                "precision": entry.avatar.precision, "precision_note": entry.avatar.precision_note,
+                "init_ms": entry.avatar.init_stages_ms, "crop": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()}
 
     @app.delete("/api/avatars/{avatar_id}", status_code=204)
     async def delete_avatar(avatar_id: str) -> Response:

@@ -34,7 +34,7 @@ def new_id() -> str:
 def memory_bytes(obj: Any) -> int:
     """Bytes of the distinct tensors (storages counted once) and arrays reachable from `obj`
     through containers, modules and the attributes of bilayer's own objects: for an avatar, its
-    folded network, runner copies, state, source render and photo crop."""
+    folded network, runner (oneDNN's packed weights too), state and photo crop."""
     seen: set[int] = set()
     storages: set[int] = set()
     total, todo = 0, [obj]
@@ -43,7 +43,9 @@ def memory_bytes(obj: Any) -> int:
         if id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, torch.Tensor):
+        if isinstance(item, torch.Tensor) and item.is_mkldnn:  # oneDNN's packed weights: no storage
+            total += item.numel() * item.element_size()
+        elif isinstance(item, torch.Tensor):
             storage = item.untyped_storage()
             if storage.data_ptr() not in storages:
                 storages.add(storage.data_ptr())

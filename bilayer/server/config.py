@@ -17,7 +17,7 @@ class ServeConfig:
     checkpoint: Path | None  # None: the shipped demo model (`checkpoint.resolve_checkpoint`)
     token: str | None = None  # required on every request and WebSocket when set
     backend: str = "torch"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the CPU has it natively (checked per avatar), fp32 elsewhere
     max_photo_bytes: int = 20 * MB
     max_video_bytes: int = 200 * MB
     max_frame_bytes: int = 4 * MB  # one camera frame (WebSocket message)

@@ -80,7 +80,9 @@ class TrainConfig:
     log_every: int = 50  # iterations between TensorBoard/JSON scalar logs (averaged)
     image_every: int = 1000  # iterations between TensorBoard image grids
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 was unstable in the paper (A.3)
+    # autocast: "auto" is bf16 where the device computes it natively (`hardware.native_bf16`), else
+    # fp32; fp16 was unstable in the paper (A.3)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bilayer.data.frame import Pair
+from bilayer.config import ModelConfig
+from bilayer.data.frame import Frame, Pair
 from bilayer.errors import InputError
 from bilayer.training.config import TrainConfig
 
@@ -93,6 +94,21 @@ def stream(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, 
                         pin_memory=pin, drop_last=True, generator=torch.Generator().manual_seed(seed),
                         worker_init_fn=_ignore_stop_signals)
     return iter(loader)
+
+
+def random_pair(cfg: ModelConfig, batch_size: int, generator: torch.Generator) -> Pair:
+    """A batch of random pairs of the model's shapes, for training steps without data (benchmarks,
+    tests): images and landmark images uniform in [-1, 1], keypoints in [-0.6, 0.6], binary masks."""
+    s, k = cfg.image_size, cfg.num_keypoints
+
+    def uniform(*shape: int, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+        return torch.rand(batch_size, *shape, generator=generator) * (high - low) + low
+
+    def frame() -> Frame:
+        return Frame(uniform(3, s, s), uniform(cfg.landmark_channels, s, s), uniform(k, 2, low=-0.6, high=0.6),
+                     (uniform(1, s, s, low=0.0) > 0.5).float())
+
+    return Pair(frame(), frame())
 
 
 def open_dataset(root: str | Path, cfg: TrainConfig) -> Dataset:

@@ -42,6 +42,7 @@ from bilayer.checkpoint import read_checkpoint, save_checkpoint, updater_trained
 from bilayer.config import config_changes, to_dict
 from bilayer.data.frame import Frame, Pair
 from bilayer.errors import InputError
+from bilayer.hardware import native_bf16
 from bilayer.io.files import atomic_path
 from bilayer.io.lock import FolderLock
 from bilayer.losses import Objective, warp_weight
@@ -58,6 +59,15 @@ from bilayer.training.stats import standing_statistics
 #: Offsets of the data streams' seeds, so the stages and the statistics pass see different pairs.
 STREAM_SEEDS = {"base": 0, "updater": 1_000_003, "stats": 2_000_006}
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`TrainConfig.precision` on `device`: "auto" -> "bf16" where it computes bfloat16 natively
+    (AMX, AVX512-BF16, CUDA: autocast bf16 is faster there), "fp32" elsewhere (emulated bf16 is
+    slower than fp32)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,8 +125,9 @@ class Trainer:
             name: torch.optim.Adam([p for net in nets for p in net.parameters()], lr=o.lr, betas=o.betas, eps=o.eps)
             for name, nets in self.nets.items()
         }
-        self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16") for name in self.nets}
-        self.amp_dtype = AMP_DTYPES[cfg.precision]
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16") for name in self.nets}
+        self.amp_dtype = AMP_DTYPES[self.precision]
         self.progress = Progress("base", 0)
         self.budget: int | None = None  # iterations left before a --stop-after stop
         self.stop_requested = False
@@ -172,7 +183,8 @@ class Trainer:
 
     def _announce(self) -> None:
         lines = [
-            f"device {self.device}, {self.world} process(es), precision {self.cfg.precision}, "
+            f"device {self.device}, {self.world} process(es), precision {self.precision}"
+            + (f" (auto: {native_bf16(self.device) or 'no native bf16'})" if self.cfg.precision == "auto" else "") + ", "
             f"model {self.cfg.model_size} at {self.cfg.model.image_size}px",
             f"perceptual ImageNet term: {self.perceptual['imagenet']}",
             f"perceptual face term: {self.perceptual['face']}",

@@ -1,18 +1,21 @@
 """The perceptual networks named by the run config, wrapped for `bilayer.losses.perceptual_l1`."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bilayer.losses import LossWeights
-from bilayer.perceptual import DlibFaceResNet, build_perceptual
+from bilayer.perceptual import DlibFaceResNet, build_perceptual, face_chip
 from bilayer.perceptual.dlib_resnet import CHIP_SIZE
 from bilayer.training.config import PerceptualConfig
 
 
 class FeatureNet(nn.Module):
     """(image, keypoints) -> feature maps for any perceptual net. dlib's face ResNet aligns a face
-    chip first, or with `whole_frame` sees the whole image resized to its 150x150 input."""
+    chip first, or with `whole_frame` sees the whole image resized to its 150x150 input. The chip's
+    alignment (a least-squares fit and the sampling grid, in pixels) is computed in float32 also in
+    an autocast step: bfloat16 pixel coordinates would be off by up to a pixel."""
 
     def __init__(self, net: nn.Module, whole_frame: bool = False):
         super().__init__()
@@ -23,7 +26,9 @@ class FeatureNet(nn.Module):
             return self.net(image)
         if self.whole_frame:  # (B, 3, H, W) -> (B, 3, 150, 150)
             return self.net(F.interpolate(image, size=(CHIP_SIZE, CHIP_SIZE), mode="bilinear")).features
-        return self.net(image, keypoints).features
+        with torch.autocast(image.device.type, enabled=False):
+            chip = face_chip(image.float(), keypoints.float())
+        return self.net(chip).features
 
 
 def perceptual_nets(cfg: PerceptualConfig, weights: LossWeights) -> tuple[FeatureNet | None, FeatureNet | None, dict[str, str]]:

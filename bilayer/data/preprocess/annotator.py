@@ -24,7 +24,7 @@ from bilayer.config import PROFILES, Profile
 from bilayer.data.landmarks import normalize_keypoints, pixel_keypoints
 from bilayer.data.preprocess.detector import FaceDetector, LandmarkPredictor, Segmenter
 from bilayer.data.preprocess.geometry import CropBox, FaceBox
-from bilayer.data.preprocess.timing import StageTimer
+from bilayer.timing import StageTimer
 from bilayer.data.preprocess.tracking import BoxSmoother, FaceTracker
 
 CropMode = Literal["smoothed", "exact"]

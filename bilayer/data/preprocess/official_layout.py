@@ -29,7 +29,7 @@ from bilayer.config import to_dict
 from bilayer.data.landmarks import NUM_KEYPOINTS, pixel_keypoints
 from bilayer.data.preprocess.geometry import FaceBox
 from bilayer.data.preprocess.pipeline import Result, Summary, parallel_results, run_jobs
-from bilayer.data.preprocess.timing import StageTimer
+from bilayer.timing import StageTimer
 from bilayer.data.store import (
     ClipArrays, ClipRecord, ClipWriter, DatasetStore, SkipRecord, SourceKey, clip_file_for, clip_id_for,
 )

@@ -15,7 +15,7 @@ import numpy as np
 
 from bilayer.data.preprocess.detector import Detection, FaceDetector, LandmarkPredictor
 from bilayer.data.preprocess.geometry import FaceBox
-from bilayer.data.preprocess.timing import StageTimer
+from bilayer.timing import StageTimer
 
 
 class BoxSmoother:
