@@ -13,14 +13,13 @@ this machine, in this one process:
   channels-last memory (the float noise such weights amplify);
 * their time per frame: one call of their runner (eval mode, spectral norm removed) with one
   target, as their InferenceWrapper does per frame: every network runs again, the enhancer too;
-* our init (`Avatar.init`: embedder, adaptive parameters, texture, 4 updater steps, folding,
-  backend preparation) and time per frame, per backend.
+* our init (`Avatar.initialize`: embedder, adaptive parameters, texture, 4 updater steps,
+  folding, backend preparation) and time per frame, per backend/precision (auto: the default).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import warnings
@@ -33,21 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.runtime import gemm_peak, median_ms  # noqa: E402
 from bilayer.checkpoint import load_model  # noqa: E402
 from bilayer.convert.official import convert  # noqa: E402
+from bilayer.hardware import cpu_info  # noqa: E402
 from bilayer.runtime import Avatar  # noqa: E402
 from tests import official_oracle as oracle  # noqa: E402
 from tests.official_oracle import avatar_diffs, network_diffs  # noqa: E402
 
 CPU = torch.device("cpu")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parity(root: Path, moderate: float | None) -> tuple[dict, Path, oracle.OfficialModel, dict]:
@@ -73,9 +63,10 @@ def main() -> None:
         raise SystemExit(f"{oracle.REFERENCE}: the authors' code is not there")
     warnings.simplefilter("ignore")  # their grid_sample / meshgrid deprecation warnings
     peak = gemm_peak(torch.float32, CPU)
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, GEMM peak fp32 {peak:.0f} GFLOP/s; "
-          f"paper medium, 256x256, batch 1")
-    report: dict = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "gemm_gflops_fp32": peak}
+    cpu = cpu_info()
+    print(f"{cpu['name']} ({', '.join(cpu['flags'])}), {torch.get_num_threads()} threads, GEMM peak fp32 "
+          f"{peak:.0f} GFLOP/s; paper medium, 256x256, batch 1")
+    report: dict = {"cpu": cpu, "threads": torch.get_num_threads(), "gemm_gflops_fp32": peak}
 
     with tempfile.TemporaryDirectory() as tmp:
         rough, _, theirs_rough, outputs_rough = parity(Path(tmp) / "rough", None)
@@ -98,7 +89,7 @@ def main() -> None:
         model, _ = load_model(checkpoint)
         source, target = oracle.frames(outputs)
         report["ours"] = {}
-        for name in ("torch/fp32", "torch/bf16", "onnxruntime/fp32"):
+        for name in ("torch/auto", "torch/fp32", "torch/bf16", "onnxruntime/fp32"):
             backend, precision = name.split("/")
             avatar = Avatar(model, backend, precision)
 
@@ -107,8 +98,10 @@ def main() -> None:
 
             init_ms = median_ms(init, 2, 1, CPU)
             frame_ms = median_ms(lambda: avatar.render(target.keypoints), args.frames, 10, CPU)
-            report["ours"][name] = {"init_ms": init_ms, "frame_ms": frame_ms}
-            print(f"  {'ours ' + name:26s} {init_ms:10.0f} {frame_ms:10.1f} {their_ms / frame_ms:9.0f}x")
+            report["ours"][name] = {"precision": avatar.precision, "init_ms": init_ms, "frame_ms": frame_ms,
+                                    "init_stages_ms": avatar.init_stages_ms}
+            print(f"  {'ours ' + name:26s} {init_ms:10.0f} {frame_ms:10.1f} {their_ms / frame_ms:9.0f}x"
+                  + (f"   ({avatar.precision}: {avatar.precision_note})" if precision == "auto" else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
