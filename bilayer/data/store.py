@@ -237,7 +237,8 @@ def _pid_alive(pid: int) -> bool:
 
 class ClipWriter:
     """Streams the frames of one clip into a temp ZIP; `commit` moves it into place atomically.
-    A failed write removes the temp file; a full disk is a `DiskFull` naming the clip file."""
+    A failed write removes the temp file; a full disk is a `DiskFull` naming the clip file. As a
+    context manager, any exception in its block (the caller's too) removes the temp file."""
 
     def __init__(self, tmp_path: Path, final_path: Path):
         self.tmp_path, self.final_path = tmp_path, final_path
@@ -279,6 +280,13 @@ class ClipWriter:
                 os.fsync(f.fileno())
             self.final_path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp_path, self.final_path)
+
+    def __enter__(self) -> "ClipWriter":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
 
     def abort(self) -> None:
         """Remove the temp file (again: nothing happens). The ZIP is closed without caring whether

@@ -43,8 +43,7 @@ class Avatar:
     `precision_note` says why."""
 
     def __init__(self, model: BilayerModel, backend: str = "torch", precision: str = "auto"):
-        if precision != "auto":
-            check_backend(backend, precision)
+        check_backend(backend, precision)
         self.model = for_inference(model)
         self.backend, self.requested = backend, precision
         self.precision, self.precision_note = precision, ""

@@ -28,13 +28,12 @@ from PIL import Image
 from bilayer.config import to_dict
 from bilayer.data.landmarks import NUM_KEYPOINTS, pixel_keypoints
 from bilayer.data.preprocess.geometry import FaceBox
-from bilayer.data.preprocess.pipeline import Result, Summary, parallel_results, run_jobs
+from bilayer.data.preprocess.pipeline import Result, Summary, parallel_results, record_or_skip, run_jobs
 from bilayer.timing import StageTimer
 from bilayer.data.store import (
-    ClipArrays, ClipRecord, ClipWriter, DatasetStore, SkipRecord, SourceKey, clip_file_for, clip_id_for,
+    ClipArrays, ClipRecord, ClipWriter, DatasetStore, SourceKey, clip_file_for, clip_id_for,
 )
 from bilayer.errors import InputError, SkipInput
-from bilayer.io.files import DiskFull
 
 FOLDERS = {"imgs": ".jpg", "keypoints": ".npy", "segs": ".png"}  # kind -> frame file suffix
 SPLITS = ("train", "test")
@@ -222,24 +221,16 @@ def import_sequence(seq: Sequence, cfg: OfficialLayoutConfig, store: DatasetStor
     """Write the clip of one sequence; problems of the sequence become a SkipRecord, a full disk
     (`DiskFull`) stops the run."""
     key, timer = seq.key, StageTimer()
-    try:
+
+    def clip() -> ClipRecord:
         file = clip_file_for(seq.clip_id)
-        writer = ClipWriter(store.tmp_path(seq.clip_id), store.root / file)
-        try:
+        with ClipWriter(store.tmp_path(seq.clip_id), store.root / file) as writer:
             arrays, side, face_size = _write_frames(seq, cfg, writer, timer)
             writer.commit(arrays)
-        except BaseException:
-            writer.abort()
-            raise
-        record = ClipRecord(seq.clip_id, seq.identity, key.source, key.size, key.mtime_ns, file, writer.num_frames,
-                            cfg.fps, side, side, face_size, split=seq.split)
-    except SkipInput as e:
-        record = SkipRecord(key.source, key.size, key.mtime_ns, e.reason)
-    except DiskFull:
-        raise
-    except Exception as e:  # a library failing on a strange file must not stop the run
-        record = SkipRecord(key.source, key.size, key.mtime_ns, f"unexpected {type(e).__name__}: {e}".splitlines()[0])
-    return Result(record, dict(timer.seconds))
+        return ClipRecord(seq.clip_id, seq.identity, key.source, key.size, key.mtime_ns, file, writer.num_frames,
+                          cfg.fps, side, side, face_size, split=seq.split)
+
+    return Result(record_or_skip(key, clip), dict(timer.seconds))
 
 
 _worker: tuple[OfficialLayoutConfig, DatasetStore] | None = None

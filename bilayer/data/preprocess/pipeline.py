@@ -100,29 +100,34 @@ def process_clip(job: Job, cfg: PreprocessConfig, annotator: FaceAnnotator, stor
     full disk (`DiskFull`, not the input's fault) stops the run."""
     key = job.key
     before = dict(annotator.timer.seconds)
-    try:
-        with MediaReader(job.path, cfg.frame_step, cfg.max_frames) as media:
-            clip_id = clip_id_for(job.path)
-            writer = ClipWriter(store.tmp_path(clip_id), store.root / clip_file_for(clip_id))
-            try:
-                arrays, face_size = _annotate(job.path, media, cfg, annotator, writer)
-                writer.commit(arrays)
-            except BaseException:
-                writer.abort()
-                raise
+
+    def clip() -> ClipRecord:
+        clip_id = clip_id_for(job.path)
+        with MediaReader(job.path, cfg.frame_step, cfg.max_frames) as media, \
+                ClipWriter(store.tmp_path(clip_id), store.root / clip_file_for(clip_id)) as writer:
+            arrays, face_size = _annotate(job.path, media, cfg, annotator, writer)
+            writer.commit(arrays)
         info = media.info
-        record = ClipRecord(
-            clip_id, job.identity, key.source, key.size, key.mtime_ns, clip_file_for(clip_id), writer.num_frames,
-            info.fps, info.width, info.height, face_size,
-        )
+        return ClipRecord(clip_id, job.identity, key.source, key.size, key.mtime_ns, clip_file_for(clip_id),
+                          writer.num_frames, info.fps, info.width, info.height, face_size)
+
+    record = record_or_skip(key, clip)
+    stages = {k: v - before.get(k, 0.0) for k, v in annotator.timer.seconds.items()}
+    return Result(record, stages)
+
+
+def record_or_skip(key: SourceKey, clip: Callable[[], ClipRecord]) -> ClipRecord | SkipRecord:
+    """`clip()` (annotate an input, write its clip file), or the SkipRecord of an input that cannot
+    be used: its `SkipInput`, or any error a library raises on a strange file (one line). A full
+    disk (`DiskFull`) is not the input's fault: it stops the run."""
+    try:
+        return clip()
     except SkipInput as e:
-        record = SkipRecord(key.source, key.size, key.mtime_ns, e.reason)
+        return SkipRecord(key.source, key.size, key.mtime_ns, e.reason)
     except DiskFull:
         raise
     except Exception as e:  # a library failing on a strange file must not stop the run
-        record = SkipRecord(key.source, key.size, key.mtime_ns, f"unexpected {type(e).__name__}: {e}".splitlines()[0])
-    stages = {k: v - before.get(k, 0.0) for k, v in annotator.timer.seconds.items()}
-    return Result(record, stages)
+        return SkipRecord(key.source, key.size, key.mtime_ns, f"unexpected {type(e).__name__}: {e}".splitlines()[0])
 
 
 def _annotate(path: Path, media: MediaReader, cfg: PreprocessConfig, annotator: FaceAnnotator,
